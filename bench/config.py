@@ -1,0 +1,75 @@
+"""Composing the Hydra config tree outside ``@hydra.main`` (tests, notebooks) and small config helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["CONFIG_MODULE", "compose", "config_hash", "resolved", "cache_dir", "as_path"]
+
+CONFIG_MODULE = "bench.conf"
+
+# Keys that say where files go or how progress is shown, not what is computed: left out of the config hash so the
+# same experiment run from two directories (or two machines) is recognised as the same cell.
+_HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra")
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose the project's config with Hydra overrides, as the CLI would (without changing directory).
+
+    Args:
+        overrides: e.g. ``["model=vae", "dataset=carbon_24", "trainer.max_steps=10"]``.
+        config_name: the primary config in ``conf/``.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=False)
+
+
+def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The config as a plain, fully interpolated dict (without the ``hydra`` node)."""
+    if isinstance(cfg, DictConfig):
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    else:
+        container = dict(cfg)
+    container.pop("hydra", None)
+    return container
+
+
+def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go keys (paths, logger, threads)."""
+    data = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def cache_dir(cfg: DictConfig | None = None) -> Path:
+    """The cache directory: ``paths.cache_dir``, else ``$MATGENBENCH_CACHE_DIR``, else the user cache dir."""
+    configured = None
+    if cfg is not None:
+        configured = OmegaConf.select(cfg, "paths.cache_dir", default=None)
+    if configured:
+        return Path(configured).expanduser()
+    env = os.environ.get("MATGENBENCH_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("matgenbench"))
+
+
+def as_path(value: Any) -> Path | None:
+    """``None`` for empty config values, else an expanded ``Path``."""
+    if value in (None, "", "null"):
+        return None
+    return Path(str(value)).expanduser()

@@ -1,0 +1,153 @@
+"""The evaluate stage: score a set of structures against a dataset's reference splits and write a result record.
+
+Evaluation reads only structures (this project's samples file, any CSV with a ``cif`` column, a folder of CIFs, a
+pymatgen JSON list), never model code, so it scores any model's output. It does not import torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import as_path, cache_dir, config_hash, resolved
+from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
+from bench.runtime import load_dataset_split, split_info
+from bench.structures_io import read_samples
+
+__all__ = ["evaluate", "build_reference", "metrics_table"]
+
+log = logging.getLogger(__name__)
+
+
+def build_reference(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Load the training split (for novelty) and the reference split (for distributions) of ``cfg.dataset``.
+
+    Returns:
+        ``(ReferenceSet, data_checksums, skipped_counts)``.
+    """
+    from bench.metrics import ReferenceSet
+
+    ds = cfg.dataset
+    train = load_dataset_split(cfg, ds.train_split, limit=ds.get("limit_train"))
+    test = load_dataset_split(cfg, ds.eval_split, limit=ds.get("limit_eval"))
+    reference = ReferenceSet(
+        name=ds.name,
+        train=train.structures,
+        test=test.structures,
+        train_checksum=train.checksums.get("sha256", ""),
+        test_checksum=test.checksums.get("sha256", ""),
+        properties={"test": test.properties, "train": train.properties},
+    )
+    checksums = {ds.train_split: train.checksums, ds.eval_split: test.checksums}
+    skipped = {ds.train_split: train.n_skipped, ds.eval_split: test.n_skipped}
+    return reference, checksums, skipped
+
+
+def metrics_table(record: ResultRecord) -> str:
+    """A plain-text table of a record's metrics, with ↑/↓ for the direction."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{record.model} on {record.dataset} ({record.split.get('label', record.split_protocol)})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("", justify="center")
+    for name, entry in record.metrics.items():
+        value = entry.get("value")
+        text = "n/a" if value is None else f"{value:.4f}"
+        table.add_row(name, text, "↑" if entry.get("direction") == "max" else "↓")
+    console = Console(width=100, record=True, force_terminal=False)
+    with console.capture() as capture:
+        console.print(table)
+    return capture.get()
+
+
+def _read_json_if(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple[ResultRecord, Path | None]:
+    """Score the samples of ``cfg`` (``samples``, else ``<run_dir>/samples.csv``) and write the record.
+
+    Returns:
+        The record and the path it was written to (``None`` when ``record.write`` is false).
+    """
+    from bench.metrics import run_metrics
+
+    start = time.perf_counter()
+    samples_file = as_path(cfg.get("samples")) or Path(cfg.paths.run_dir) / "samples.csv"
+    external = as_path(cfg.get("samples")) is not None
+    sample_set = read_samples(samples_file)
+    reference, checksums, skipped = build_reference(cfg)
+    metric_cfg = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
+    if isinstance(metric_cfg, dict):
+        metric_cfg.setdefault("cov_cutoffs", OmegaConf.to_container(cfg.dataset.get("cov_cutoffs", {})))
+    report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg), progress=True)
+    eval_seconds = time.perf_counter() - start
+
+    meta = sample_set.meta
+    run_dir = Path(cfg.paths.run_dir)
+    train_summary = {} if external else _read_json_if(run_dir / "train_summary.json")
+    model = cfg.evaluate.get("model_name") or meta.get("model") or cfg.model.name
+    family = cfg.evaluate.get("family") or meta.get("family") or (cfg.model.family if not external else "external")
+    variant = cfg.evaluate.get("variant") or meta.get("variant") or (cfg.model.variant if not external else model)
+    cost = {
+        "train_seconds": train_summary.get("train_seconds"),
+        "train_steps": train_summary.get("steps"),
+        "stopped_before_max_steps": train_summary.get("stopped_by_time"),
+        "loss_first": train_summary.get("loss_first"),
+        "loss_last": train_summary.get("loss_last"),
+        "parameters": train_summary.get("parameters"),
+        "train_peak_memory_mb": train_summary.get("peak_memory_mb"),
+        "gpu_peak_memory_mb": train_summary.get("gpu_peak_memory_mb"),
+        "sample_seconds": meta.get("sample_seconds"),
+        "samples_per_second": meta.get("samples_per_second"),
+        "sample_device": meta.get("device"),
+        "evaluate_seconds": eval_seconds,
+        "evaluate_peak_memory_mb": peak_memory_mb(),
+    }
+    cost.update(extra_cost or {})
+    if train_summary.get("data_checksums"):
+        checksums.update(train_summary["data_checksums"])
+    split = split_info(cfg)
+    counts = {
+        "n_requested": len(sample_set.structures),
+        "n_decoded": sample_set.n_constructed,
+        **report.counts,
+        "n_train": len(reference.train),
+        "n_reference": len(reference.test),
+        "n_reference_rows_skipped": skipped,
+        "samples_file": str(samples_file),
+    }
+    record = ResultRecord(
+        model=str(model),
+        family=str(family),
+        variant=str(variant),
+        dataset=cfg.dataset.name,
+        split_protocol=split["label"],
+        split=split,
+        seed=int(cfg.seed),
+        data_checksums=checksums,
+        counts=counts,
+        metrics=report.metrics,
+        metric_settings=report.settings,
+        cost={k: v for k, v in cost.items()},
+        provenance=provenance(),
+        config=resolved(cfg),
+        config_hash=config_hash(cfg),
+        kind="external" if external else "run",
+    )
+    path = None
+    if cfg.record.get("write", True):
+        path = write_record(record, cfg.paths.results_dir)
+        per_sample = path.with_suffix(".samples.csv")
+        frame = report.per_sample.copy()
+        frame.insert(0, "id", sample_set.ids[: len(frame)])
+        frame.insert(1, "build_failure", sample_set.reasons[: len(frame)])
+        frame.to_csv(per_sample, index=False)
+    return record, path

@@ -1,0 +1,74 @@
+"""Process set-up shared by every stage: thread counts, seeds, logging, data loading from config."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import as_path, cache_dir
+
+__all__ = ["set_threads", "seed_everything", "load_dataset_split", "split_info"]
+
+log = logging.getLogger(__name__)
+
+
+def set_threads(n: int | None) -> None:
+    """Fix the number of torch / OpenMP threads (1 per job when jobs run in parallel)."""
+    if not n:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["MKL_NUM_THREADS"] = str(n)
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(int(n))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and (if imported) torch; models draw their own randomness from seeded generators."""
+    import sys
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+def load_dataset_split(cfg: DictConfig, split: str, limit: int | None = None, niggli: bool = False) -> Any:
+    """Load one split of ``cfg.dataset`` from the data dir, the cache, or the pinned download."""
+    from bench.datasets import load_split
+
+    return load_split(
+        cfg.dataset.name,
+        split,
+        data_dir=as_path(OmegaConf.select(cfg, "paths.data_dir", default=None)),
+        cache_dir=cache_dir(cfg),
+        download=bool(OmegaConf.select(cfg, "paths.download", default=True)),
+        limit=limit,
+        niggli=niggli,
+    )
+
+
+def split_info(cfg: DictConfig) -> dict[str, Any]:
+    """The split protocol of a run: which split trained, which was the reference, and whether it is official."""
+    from bench.datasets import split_protocol
+
+    ds = cfg.dataset
+    label, ident = split_protocol(ds)
+    return {
+        "train": ds.train_split,
+        "eval": ds.eval_split,
+        "val": OmegaConf.select(ds, "val_split", default=None),
+        "official": ds.train_split == "train" and ds.eval_split == "test",
+        "limit_train": OmegaConf.select(ds, "limit_train", default=None),
+        "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
+        "label": label,
+        "id": ident,
+    }

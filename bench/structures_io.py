@@ -1,0 +1,165 @@
+"""Reading and writing sets of generated structures, so evaluation can score any model's samples.
+
+Formats read: the samples CSV this project writes (``cif`` column plus ``status``/``reason``), any CSV with a ``cif``
+column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, and a pymatgen JSON list. Items that
+could not be constructed are kept as ``None`` with their reason, so the denominator of validity is the number of
+samples asked for, as in CDVAE.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymatgen.core import Structure
+
+from bench.io_utils import atomic_write_text
+
+__all__ = ["SampleSet", "read_samples", "write_samples_csv", "SampleFileError"]
+
+log = logging.getLogger(__name__)
+
+
+class SampleFileError(ValueError):
+    """A samples file or folder that cannot be read; the message names the path and what would fix it."""
+
+
+@dataclass
+class SampleSet:
+    """Structures to score: ``None`` where an item failed to be built, with the reason in ``reasons``."""
+
+    structures: list[Structure | None]
+    ids: list[str]
+    reasons: list[str | None]
+    source: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_constructed(self) -> int:
+        return sum(s is not None for s in self.structures)
+
+
+def _parse_cif(text: str) -> Structure:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Structure.from_str(text, fmt="cif")
+
+
+def write_samples_csv(
+    path: str | Path, items: Sequence[Structure | object], meta: dict | None = None
+) -> Path:
+    """Write generated items as CSV (``index,status,reason,formula,cif``); failures keep their reason.
+
+    A ``<path>.meta.json`` sidecar carries ``meta`` (model, seed, timings) for the evaluate stage.
+    """
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["index", "status", "reason", "formula", "cif"])
+    for i, item in enumerate(items):
+        if isinstance(item, Structure):
+            writer.writerow([i, "ok", "", item.composition.reduced_formula, item.to(fmt="cif")])
+        else:
+            writer.writerow([i, "failed", getattr(item, "reason", str(item)), "", ""])
+    path = atomic_write_text(path, buf.getvalue())
+    if meta is not None:
+        atomic_write_text(Path(f"{path}.meta.json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def _read_csv(path: Path) -> SampleSet:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    structures: list[Structure | None] = []
+    ids: list[str] = []
+    reasons: list[str | None] = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "cif" not in reader.fieldnames:
+            raise SampleFileError(
+                f"{path}: no 'cif' column (columns: {reader.fieldnames}); a samples CSV needs one CIF per row"
+            )
+        id_col = next((c for c in ("index", "material_id", "id") if c in reader.fieldnames), None)
+        for row_no, row in enumerate(reader):
+            ids.append(str(row[id_col]) if id_col else str(row_no))
+            if row.get("status", "ok") != "ok" or not (row.get("cif") or "").strip():
+                structures.append(None)
+                reasons.append(row.get("reason") or "no structure in this row")
+                continue
+            try:
+                structures.append(_parse_cif(row["cif"]))
+                reasons.append(None)
+            except Exception as err:
+                structures.append(None)
+                reasons.append(f"unreadable CIF: {err}")
+    meta_path = Path(f"{path}.meta.json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return SampleSet(structures, ids, reasons, str(path), meta)
+
+
+def _read_cif_folder(path: Path) -> SampleSet:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif")
+    if not files:
+        raise SampleFileError(f"{path}: folder holds no .cif files")
+    structures: list[Structure | None] = []
+    reasons: list[str | None] = []
+    for file in files:
+        try:
+            structures.append(_parse_cif(file.read_text()))
+            reasons.append(None)
+        except Exception as err:
+            structures.append(None)
+            reasons.append(f"unreadable CIF: {err}")
+    return SampleSet(structures, [f.stem for f in files], reasons, str(path))
+
+
+def _read_json(path: Path) -> SampleSet:
+    data = json.loads(path.read_text())
+    if isinstance(data, dict) and "structures" in data:
+        data = data["structures"]
+    if not isinstance(data, list):
+        raise SampleFileError(f"{path}: expected a JSON list of pymatgen structure dicts")
+    structures: list[Structure | None] = []
+    reasons: list[str | None] = []
+    for item in data:
+        try:
+            structures.append(Structure.from_dict(item))
+            reasons.append(None)
+        except Exception as err:
+            structures.append(None)
+            reasons.append(f"unreadable structure dict: {err}")
+    return SampleSet(structures, [str(i) for i in range(len(data))], reasons, str(path))
+
+
+def read_samples(path: str | Path) -> SampleSet:
+    """Read generated structures from a CSV (``cif`` column), a folder of CIFs or a pymatgen JSON list.
+
+    Raises:
+        SampleFileError: the path does not exist or has an unsupported format (the message lists the formats).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SampleFileError(f"samples not found: {path} (pass evaluate.samples=PATH to a CSV, CIF folder or JSON)")
+    if path.is_dir():
+        sample_set = _read_cif_folder(path)
+    elif path.suffix.lower() == ".csv":
+        sample_set = _read_csv(path)
+    elif path.suffix.lower() == ".json":
+        sample_set = _read_json(path)
+    elif path.suffix.lower() == ".cif":
+        sample_set = SampleSet([_parse_cif(path.read_text())], [path.stem], [None], str(path))
+    else:
+        raise SampleFileError(
+            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, "
+            "a folder of .cif files, or a .json list of pymatgen structures"
+        )
+    failed = len(sample_set.structures) - sample_set.n_constructed
+    if failed:
+        log.info("%s: %d of %d items could not be built into structures", path, failed, len(sample_set.structures))
+    return sample_set

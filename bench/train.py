@@ -1,0 +1,209 @@
+"""The train stage: fit the codec on the training split, train the model with Lightning, save everything to the run
+directory (checkpoint, codec state, resolved config, a training summary)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bench.config import config_hash, resolved
+from bench.io_utils import atomic_write_json, atomic_write_text
+from bench.records import peak_memory_mb
+from bench.runtime import load_dataset_split, seed_everything, set_threads
+
+__all__ = ["train", "build_module", "load_trained", "DictDataset"]
+
+log = logging.getLogger(__name__)
+
+
+class DictDataset:
+    """A map-style dataset over a dict of equally long tensors (the codec's batch); items are dicts of rows."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        lengths = {k: len(v) for k, v in batch.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"batch fields have different lengths: {lengths}")
+        self.batch = batch
+        self._len = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: v[i] for k, v in self.batch.items()}
+
+
+def build_module(model_cfg: DictConfig, num_types: int, max_atoms: int) -> Any:
+    """Instantiate ``model.module`` with the data-dependent sizes taken from the fitted codec."""
+    from hydra.utils import instantiate
+
+    return instantiate(model_cfg.module, num_types=num_types, max_atoms=max_atoms)
+
+
+class _LossHistory:
+    """Collects ``train/loss`` per optimiser step so the record can show that training lowered the loss."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # built lazily: Lightning is imported only to train
+        import pytorch_lightning as pl
+
+        class LossHistory(pl.Callback):
+            def __init__(self) -> None:
+                self.losses: list[float] = []
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+                value = trainer.callback_metrics.get("train/loss")
+                if value is not None:
+                    self.losses.append(float(value))
+
+        return LossHistory()
+
+
+def _loader(dataset: DictDataset, batch_size: int, shuffle: bool, seed: int, num_workers: int) -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=min(batch_size, len(dataset)),
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        drop_last=shuffle and len(dataset) > batch_size,
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.dataset.train_split`` and return the training summary.
+
+    Writes into ``cfg.paths.run_dir``: ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved) and
+    ``train_summary.json``.
+    """
+    set_threads(cfg.threads)
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from bench.datasets.codec import CrystalCodec
+
+    set_threads(cfg.threads)
+    seed_everything(int(cfg.seed))
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
+    log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split, len(train_split.structures))
+    codec = CrystalCodec(int(cfg.dataset.max_atoms)).fit(train_split.structures)
+    train_loader = _loader(
+        DictDataset(codec.encode(train_split.structures)),
+        int(cfg.train.batch_size), True, int(cfg.seed), int(cfg.train.num_workers),
+    )
+    val_loader = None
+    val_name = cfg.dataset.get("val_split")
+    if val_name:
+        val_split = load_dataset_split(cfg, val_name, limit=cfg.dataset.get("limit_eval"))
+        val_loader = _loader(
+            DictDataset(codec.encode(val_split.structures)), int(cfg.train.batch_size), False, 0, 0
+        )
+
+    module = build_module(cfg.model, codec.num_types, codec.max_atoms)
+    n_params = sum(p.numel() for p in module.parameters())
+    log.info("%s: %s parameters", cfg.model.name, f"{n_params:,}")
+
+    atomic_write_json(run_dir / "codec.json", codec.state_dict())
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
+
+    history = _LossHistory()
+    ckpt_dir = run_dir / "checkpoints"
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=1,
+        every_n_train_steps=int(cfg.train.get("ckpt_every_n_steps", 200)),
+    )
+    logger = instantiate(cfg.logger) if cfg.get("logger") and "_target_" in cfg.logger else False
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer_kwargs.pop("_target_", None)
+    if val_loader is None:
+        trainer_kwargs.pop("check_val_every_n_epoch", None)
+        trainer_kwargs["limit_val_batches"] = 0
+    trainer = pl.Trainer(
+        **trainer_kwargs, logger=logger, callbacks=[history, checkpoint], default_root_dir=str(run_dir)
+    )
+
+    ckpt_path = cfg.train.get("ckpt_path")
+    if ckpt_path == "last":
+        last = ckpt_dir / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else None
+        if ckpt_path is None:
+            log.warning("train.ckpt_path=last but %s does not exist: training from scratch", last)
+    start = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - start
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+
+    losses = history.losses
+    window = max(1, min(20, len(losses) // 5))
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    summary = {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "train_split": cfg.dataset.train_split,
+        "n_train": len(train_split.structures),
+        "n_train_skipped": train_split.n_skipped,
+        "data_checksums": {cfg.dataset.train_split: train_split.checksums},
+        "steps": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "max_steps": max_steps,
+        "max_time": cfg.trainer.get("max_time"),
+        "stopped_by_time": bool(max_steps > 0 and trainer.global_step < max_steps),
+        "train_seconds": train_seconds,
+        "loss_first": float(sum(losses[:window]) / window) if losses else math.nan,
+        "loss_last": float(sum(losses[-window:]) / window) if losses else math.nan,
+        "parameters": int(n_params),
+        "peak_memory_mb": peak_memory_mb(),
+        "gpu_peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "config_hash": config_hash(cfg),
+        "checkpoint": str(ckpt_dir / "last.ckpt"),
+    }
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    log.info(
+        "trained %d steps in %.1f s; train/loss %.4g -> %.4g",
+        summary["steps"], train_seconds, summary["loss_first"], summary["loss_last"],
+    )
+    return summary
+
+
+def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
+    """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
+
+    The weights are loaded with ``weights_only=True`` (no code runs from the checkpoint). ``model_cfg`` may replace
+    the saved ``model`` node's sampler (e.g. ``sampler=ddim`` at sample time); widths always come from the saved run.
+    """
+    import torch
+
+    from bench.datasets.codec import CrystalCodec
+
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    missing = [p for p in (run_dir / "config.yaml", run_dir / "codec.json", ckpt) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"run directory {run_dir} is incomplete (missing {', '.join(str(m) for m in missing)}): "
+            "train first with the same overrides (matgenbench train ...), or point paths.run_dir at a trained run"
+        )
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    codec = CrystalCodec.from_state(json.loads((run_dir / "codec.json").read_text()))
+    model_node = saved.model
+    if model_cfg is not None and "sampler" in model_cfg.module and "sampler" in model_node.module:
+        model_node.module.sampler = model_cfg.module.sampler
+    module = build_module(model_node, codec.num_types, codec.max_atoms)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    module.eval()
+    return module, codec, saved

@@ -1,0 +1,54 @@
+"""The dataset layer: registry of pinned datasets, verified download and cache, parsing into structures."""
+
+from __future__ import annotations
+
+from .commands import fetch, list_rows, render_table, verify
+from .download import (
+    ChecksumMismatchError,
+    DatasetUnavailableError,
+    default_cache_dir,
+    default_data_dir,
+    file_checksums,
+    git_blob_sha1,
+    resolve_file,
+    sha256,
+)
+from .loading import (
+    LoadedSplit,
+    is_official_protocol,
+    load_csv,
+    load_split,
+    parse_cif,
+    split_protocol,
+    split_protocol_id,
+)
+from .registry import REGISTRY, DatasetSpec, SplitFile, dataset_names, get_spec
+from .tiny import tiny_structures
+
+__all__ = [
+    "REGISTRY",
+    "ChecksumMismatchError",
+    "DatasetSpec",
+    "DatasetUnavailableError",
+    "LoadedSplit",
+    "SplitFile",
+    "dataset_names",
+    "default_cache_dir",
+    "default_data_dir",
+    "fetch",
+    "file_checksums",
+    "get_spec",
+    "git_blob_sha1",
+    "is_official_protocol",
+    "list_rows",
+    "load_csv",
+    "load_split",
+    "parse_cif",
+    "render_table",
+    "resolve_file",
+    "sha256",
+    "split_protocol",
+    "split_protocol_id",
+    "tiny_structures",
+    "verify",
+]

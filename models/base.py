@@ -1,0 +1,217 @@
+"""The contract every generative model honours: a LightningModule with ``loss(batch)`` and ``sample(n)``.
+
+A batch is the dict of tensors written by :class:`bench.datasets.codec.CrystalCodec` (``atom_types``,
+``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample`` returns a
+batch in the same layout, drawing every random number from the ``torch.Generator`` it is given, so a seed fixes the
+samples. Modules receive built objects (the backbone and optimiser as ``functools.partial``) and never instantiate
+configs themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FIELDS",
+    "GenerativeModule",
+    "NonFiniteLossError",
+    "OptimizerFactory",
+    "finalize_batch",
+    "periodic_difference",
+]
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("atom_types", "frac_coords", "lattice")
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; raised instead of training on silently.
+
+    Args:
+        step: the global step at which the loss was computed.
+        loss: the offending value.
+        name: which loss (``loss`` unless a model reports several).
+    """
+
+    def __init__(self, step: int, loss: float, name: str = "loss") -> None:
+        self.step = int(step)
+        self.loss = float(loss)
+        self.name = name
+        super().__init__(
+            f"non-finite loss at step {self.step} ({name}={self.loss}): lower the learning rate "
+            "(model.module.optimizer.lr), check the input batch for NaNs, or enable gradient clipping "
+            "(trainer.gradient_clip_val)"
+        )
+
+
+def periodic_difference(a: Tensor, b: Tensor) -> Tensor:
+    """``wrap(a - b) = (a - b) - round(a - b)``: the shortest signed difference of fractional coordinates."""
+    delta = a - b
+    return delta - torch.round(delta)
+
+
+def finalize_batch(atom_scores: Tensor, frac_coords: Tensor, lattice: Tensor) -> dict[str, Tensor]:
+    """Turn raw model outputs into a clean batch: one-hot types, coordinates in ``[0, 1)``, zeros in empty slots.
+
+    Args:
+        atom_scores: ``[B, N, K+1]`` logits, probabilities or noisy one-hots (argmax decides the type).
+        frac_coords: ``[B, N, 3]`` fractional coordinates, any real values (wrapped mod 1).
+        lattice: ``[B, 6]`` standardised lattice parameters.
+
+    Returns:
+        A batch dict with ``atom_types``, ``frac_coords``, ``lattice`` and ``mask`` (float32).
+    """
+    types = torch.nn.functional.one_hot(atom_scores.argmax(dim=-1), atom_scores.shape[-1]).to(torch.float32)
+    mask = 1.0 - types[..., 0]
+    frac = torch.remainder(frac_coords.to(torch.float32), 1.0)
+    frac = torch.where(frac >= 1.0, torch.zeros_like(frac), frac) * mask.unsqueeze(-1)
+    return {"atom_types": types, "frac_coords": frac, "lattice": lattice.to(torch.float32), "mask": mask}
+
+
+class GenerativeModule(pl.LightningModule):
+    """Base class of every benchmark model.
+
+    Subclasses implement :meth:`loss` and :meth:`_sample`, and set the class attributes ``family`` (``"vae"``,
+    ``"gan"``, ``"diffusion"`` or ``"flow"``) and ``paper`` (the reference the variant follows).
+
+    Args:
+        optimizer: a partial building the optimiser from the parameters (``torch.optim.AdamW`` with its lr...).
+        num_types: K + 1, the width of ``atom_types`` (from the fitted codec).
+        max_atoms: N, the number of site slots (from the fitted codec).
+    """
+
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+
+    def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
+        super().__init__()
+        if num_types < 2:
+            raise ValueError(f"num_types must be >= 2 (the empty slot plus at least one element), got {num_types}")
+        if max_atoms < 1:
+            raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
+        self.optimizer_factory = optimizer
+        self.num_types = int(num_types)
+        self.max_atoms = int(max_atoms)
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _save_plain_hparams(self, ignore: Sequence[str] = ()) -> None:
+        """Record the constructor's plain arguments (numbers, strings) in checkpoints.
+
+        Built objects (backbone and optimiser partials, samplers) are left out, so a checkpoint stays loadable with
+        ``torch.load(path, weights_only=True)``; the resolved config is the record of how they were built.
+        """
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "sampler", *ignore], logger=False)
+
+    # ------------------------------------------------------------------ the contract
+    def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms on a batch; must contain ``"loss"``, the scalar that training minimises."""
+        raise NotImplementedError
+
+    def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
+        """Draw ``n`` raw samples (called by :meth:`sample` under ``no_grad`` in eval mode)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, condition: Any = None
+    ) -> dict[str, Tensor]:
+        """Draw ``n`` crystals as a batch (``atom_types`` one-hot, ``frac_coords`` in ``[0, 1)``, ``lattice``, ``mask``).
+
+        Args:
+            n: number of samples.
+            generator: every random number is drawn from it, so the same seed gives the same samples.
+            condition: a conditioning input; the benchmark's models are unconditional and reject anything but None.
+
+        Returns:
+            A batch dict of float32 tensors on the module's device.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if condition is not None:
+            raise ValueError(f"{type(self).__name__} is unconditional: pass condition=None")
+        was_training = self.training
+        self.eval()
+        try:
+            raw = self._sample(n, generator, condition)
+        finally:
+            self.train(was_training)
+        return finalize_batch(raw["atom_types"], raw["frac_coords"], raw["lattice"])
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ random numbers
+    def _randn(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        """Standard normal noise drawn from ``generator`` (on the generator's device), moved to the module's device."""
+        return _draw(torch.randn, shape, generator, self.device)
+
+    def _rand(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+        """Uniform ``[0, 1)`` noise drawn from ``generator``, moved to the module's device."""
+        return _draw(torch.rand, shape, generator, self.device)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def check_finite(self, value: Tensor, name: str = "loss") -> None:
+        """Raise :class:`NonFiniteLossError` when ``value`` is NaN or infinite."""
+        number = float(value.detach())
+        if not math.isfinite(number):
+            raise NonFiniteLossError(self.global_step, number, name)
+
+    def _log_terms(self, prefix: str, terms: Mapping[str, Tensor], batch_size: int) -> None:
+        on_step = prefix == "train"
+        for name, value in terms.items():
+            self.log(
+                f"{prefix}/{name}",
+                value.detach(),
+                on_step=on_step,
+                on_epoch=not on_step,
+                prog_bar=name == "loss",
+                batch_size=batch_size,
+            )
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        """Compute :meth:`loss`, stop on a non-finite value, log ``train/<term>``."""
+        terms = self.loss(batch)
+        self.check_finite(terms["loss"])
+        self._log_terms("train", terms, batch["atom_types"].shape[0])
+        return terms["loss"]
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        """Log ``val/<term>`` (``val/loss`` first of all)."""
+        terms = self.loss(batch)
+        self._log_terms("val", terms, batch["atom_types"].shape[0])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Build the optimiser from the partial given at construction."""
+        return self.build_optimizer(self.parameters())
+
+    def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Call the optimiser partial on ``params``.
+
+        Config lists (e.g. Adam's ``betas`` from YAML) are turned into tuples, so the optimiser state in a
+        checkpoint holds only plain values and loads with ``torch.load(..., weights_only=True)``.
+        """
+        optimizer = self.optimizer_factory(params)
+        for group in optimizer.param_groups:
+            for key, value in group.items():
+                if key != "params" and isinstance(value, Sequence) and not isinstance(value, str | tuple):
+                    group[key] = tuple(value)
+        return optimizer
+
+
+def _draw(
+    fn: Callable[..., Tensor], shape: Sequence[int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    if generator is None:
+        return fn(tuple(shape), device=device)
+    return fn(tuple(shape), generator=generator, device=generator.device).to(device)
