@@ -137,7 +137,14 @@ def _datasets_main(argv: list[str]) -> int:
     if not args.name:
         parser.error(f"'{args.action}' needs a dataset name")
     if args.action == "fetch":
-        commands.fetch(args.name, args.split, data_dir, cache)
+        from bench.datasets import DatasetUnavailableError
+
+        try:
+            for split, path in commands.fetch(args.name, args.split, data_dir, cache).items():
+                print(f"{args.name}/{split}: {path}")
+        except (DatasetUnavailableError, ValueError) as err:
+            print(f"matgenbench datasets fetch: {err}", file=sys.stderr)
+            return 1
         return 0
     rows = commands.verify(args.name, data_dir, cache)
     commands.render_table(rows)

@@ -58,15 +58,16 @@ def load_dataset_split(cfg: DictConfig, split: str, limit: int | None = None, ni
 
 def split_info(cfg: DictConfig) -> dict[str, Any]:
     """The split protocol of a run: which split trained, which was the reference, and whether it is official."""
-    from bench.datasets import split_protocol
+    from bench.datasets import is_official_protocol, split_protocol, split_protocol_id
 
     ds = cfg.dataset
-    label, ident = split_protocol(ds)
+    label = split_protocol(ds).label
+    ident = split_protocol_id(ds)
     return {
         "train": ds.train_split,
         "eval": ds.eval_split,
         "val": OmegaConf.select(ds, "val_split", default=None),
-        "official": ds.train_split == "train" and ds.eval_split == "test",
+        "official": is_official_protocol(ds),
         "limit_train": OmegaConf.select(ds, "limit_train", default=None),
         "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
         "label": label,

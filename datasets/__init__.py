@@ -15,6 +15,7 @@ from .download import (
 )
 from .loading import (
     LoadedSplit,
+    SplitProtocol,
     is_official_protocol,
     load_csv,
     load_split,
@@ -32,6 +33,7 @@ __all__ = [
     "DatasetUnavailableError",
     "LoadedSplit",
     "SplitFile",
+    "SplitProtocol",
     "dataset_names",
     "default_cache_dir",
     "default_data_dir",

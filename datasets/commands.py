@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from .download import (
@@ -141,8 +143,8 @@ def verify(
 
     Returns:
         One dict per present copy (or per missing file) with keys ``name``, ``split``, ``path``,
-        ``algorithm``, ``expected``, ``actual``, ``ok`` and ``status`` (``ok``, ``mismatch``, ``missing`` or
-        ``builtin``).
+        ``algorithm``, ``expected``, ``actual``, ``ok``, ``present`` and ``status`` (``ok``, ``mismatch``,
+        ``missing`` or ``builtin``).
         A missing file has ``ok=False`` and ``actual=None``.
     """
     rows: list[dict[str, Any]] = []
@@ -159,6 +161,7 @@ def verify(
                         "expected": sha,
                         "actual": sha,
                         "ok": True,
+                        "present": True,
                         "status": "builtin",
                     }
                 )
@@ -184,6 +187,7 @@ def verify(
                         "expected": expected,
                         "actual": actual[algo],
                         "ok": ok,
+                        "present": True,
                         "status": "ok" if ok else "mismatch",
                     }
                 )
@@ -197,26 +201,42 @@ def verify(
                         "expected": expected,
                         "actual": None,
                         "ok": False,
+                        "present": False,
                         "status": "missing",
                     }
                 )
     return rows
 
 
-def render_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> Table:
-    """A rich table of row dicts (columns from the first row's keys); print it with ``rich.console.Console``.
+_HEX_DIGEST = re.compile(r"[0-9a-f]{40,64}")
+
+
+def _cell(value: Any) -> str:
+    """Table text of a value: ``-`` for None, hex digests cut to 12 characters (rows keep full values)."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return f"{text[:12]}…" if _HEX_DIGEST.fullmatch(text) else text
+
+
+def render_table(
+    rows: Sequence[dict[str, Any]], title: str | None = None, console: Console | None = None
+) -> Table:
+    """Print row dicts as a rich table (columns from the first row's keys; digests shortened) and return it.
 
     Args:
         rows: rows as returned by :func:`list_rows` or :func:`verify`.
         title: optional table title.
+        console: where to print (default: a new ``rich`` console on stdout).
 
     Returns:
-        The table.
+        The printed table.
     """
     table = Table(title=title)
     columns = list(rows[0]) if rows else []
     for col in columns:
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col not in ("path", "url"))
     for row in rows:
-        table.add_row(*("-" if row.get(col) is None else str(row.get(col)) for col in columns))
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    (console or Console()).print(table)
     return table

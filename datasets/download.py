@@ -139,13 +139,16 @@ def verify_file(path: str | os.PathLike[str], expected: SplitFile) -> dict[str, 
     """
     actual = file_checksums(path)
     wanted = {"git_blob": expected.git_blob, "sha256": expected.sha256}
-    for algo, want in wanted.items():
-        if want is not None and actual[algo] != want:
-            raise ChecksumMismatchError(
-                f"checksum mismatch for {path}: expected {algo} {want}, got {actual[algo]}. "
-                f"The file is not the pinned upstream {expected.split}.csv; replace it with the pinned file "
-                "(or remove it so it is downloaded again)."
-            )
+    wrong = [
+        f"expected {algo} {want}, got {actual[algo]}"
+        for algo, want in wanted.items()
+        if want is not None and actual[algo] != want
+    ]
+    if wrong:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for {path}: {'; '.join(wrong)}. The file is not the pinned upstream "
+            f"{expected.split}.csv; replace it with the pinned file (or remove it so it is downloaded again)."
+        )
     return actual
 
 

@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,7 @@ from .tiny import tiny_checksums, tiny_ids, tiny_structures
 __all__ = [
     "PARSE_CACHE_VERSION",
     "LoadedSplit",
+    "SplitProtocol",
     "is_official_protocol",
     "load_csv",
     "load_split",
@@ -355,14 +356,30 @@ def split_protocol_id(cfg_dataset: Any) -> str:
     return out
 
 
-def split_protocol(cfg_dataset: Any) -> str:
-    """Human label of the split protocol: ``official``, or what differs from it.
+class SplitProtocol(NamedTuple):
+    """The split protocol of a run: a human ``label`` and a short machine ``id`` (unpacks as a pair)."""
 
-    Examples: ``official``; ``train=val,eval=test (offline, not the official protocol)``.
+    label: str
+    id: str
+
+
+def split_protocol(cfg_dataset: Any) -> SplitProtocol:
+    """Human label and machine id of the split protocol of a dataset config.
+
+    The label is ``official`` (train on ``train``, evaluate on ``test``, no row caps), or says what differs,
+    e.g. ``train=val,eval=test (offline, not the official protocol)``; the id is
+    :func:`split_protocol_id`, e.g. ``train-val_eval-test``.
 
     Args:
         cfg_dataset: the ``dataset`` config node.
+
+    Returns:
+        ``(label, id)`` as a :class:`SplitProtocol`.
     """
+    return SplitProtocol(_split_label(cfg_dataset), split_protocol_id(cfg_dataset))
+
+
+def _split_label(cfg_dataset: Any) -> str:
     if is_official_protocol(cfg_dataset):
         return "official"
     train = _cfg_get(cfg_dataset, "train_split", "train")

@@ -20,7 +20,8 @@ class MetricResult:
     """What one metric returns.
 
     Attributes:
-        value: The headline number (NaN when undefined, e.g. no valid structures; ``extra["reason"]`` says why).
+        value: The headline number (NaN when undefined, e.g. no valid structures; ``extra["reason"]``
+            says why).
         per_sample: One value per generated item (NaN where not applicable), or None.
         extra: JSON-friendly details (counts, sample sizes, the seed used...). The optional key
             ``per_sample_columns`` (name -> array of one value per generated item) adds columns to the run's
@@ -99,7 +100,7 @@ class MetricReport:
         """JSON-friendly view for a result record (per-sample rows only when asked)."""
         out: dict[str, Any] = {"metrics": self.metrics, "counts": self.counts, "settings": self.settings}
         if include_per_sample:
-            out["per_sample"] = self.per_sample.astype(object).where(self.per_sample.notna(), None).to_dict(
-                orient="records"
+            out["per_sample"] = (
+                self.per_sample.astype(object).where(self.per_sample.notna(), None).to_dict(orient="records")
             )
         return out

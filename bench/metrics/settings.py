@@ -56,13 +56,14 @@ class ValiditySettings:
     Attributes:
         min_distance: Smallest allowed interatomic distance in Å (CDVAE ``structure_validity`` cutoff).
         min_volume: Cells below this volume in Å^3 count as not constructed (CDVAE ``get_structure``).
-        self_image: Also test each atom against its own periodic images (CDVAE does not: it pads the diagonal).
+        self_image: Also test each atom against its own periodic images (CDVAE does not; it pads the
+            diagonal).
         comp_valid_mode: ``cdvae`` enumerates every oxidation-state combination; ``capped`` follows DiffCSP
             (jiaor17/DiffCSP scripts/eval_utils.py) and calls compositions with more than
             ``max_combinations`` combinations invalid.
         max_combinations: The cap used by ``capped`` mode.
-        smact_table: Oxidation-state table: ``smact14`` (SMACT's 2014 list, the default of smact 2.x that CDVAE
-            ran) or ``icsd24`` (the default of smact >= 3).
+        smact_table: Oxidation-state table: ``smact14`` (SMACT's 2014 list, the default of smact 2.x that
+            CDVAE ran) or ``icsd24`` (the default of smact >= 3).
         pauling_test: Apply the Pauling electronegativity test.
         include_alloys: Count all-metal compositions as valid.
     """
@@ -78,7 +79,9 @@ class ValiditySettings:
 
     def __post_init__(self) -> None:
         if self.comp_valid_mode not in COMP_VALID_MODES:
-            raise ValueError(f"validity.comp_valid_mode must be one of {COMP_VALID_MODES}, got {self.comp_valid_mode!r}")
+            raise ValueError(
+                f"validity.comp_valid_mode must be one of {COMP_VALID_MODES}, got {self.comp_valid_mode!r}"
+            )
         if self.smact_table not in SMACT_TABLES:
             raise ValueError(f"validity.smact_table must be one of {SMACT_TABLES}, got {self.smact_table!r}")
         if self.min_distance < 0 or self.min_volume < 0 or self.max_combinations < 1:

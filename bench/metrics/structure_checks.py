@@ -65,7 +65,9 @@ def check_construction(structure: Structure | None, min_volume: float = 0.1) -> 
 def _shortest_lattice_vector(structure: Structure) -> float:
     """Length of the shortest non-zero lattice vector: the distance of any atom to its own nearest image."""
     reduced = structure.lattice.get_lll_reduced_lattice()
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)])
+    shifts = np.array(
+        [[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)]
+    )
     return float(np.linalg.norm(shifts @ reduced.matrix, axis=1).min())
 
 

@@ -1,0 +1,183 @@
+"""The generated set, with its per-structure work (validity, formula, density) done once per run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import numpy as np
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from bench.metrics.composition import check_composition
+from bench.metrics.settings import DistributionSettings, ValiditySettings
+from bench.metrics.structure_checks import check_construction, check_structure
+
+__all__ = ["GeneratedSet", "SampleRecord"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """Everything the suite derives from one generated item without a reference."""
+
+    index: int
+    constructed: bool
+    construct_reason: str
+    struct_valid: bool
+    struct_reason: str
+    min_distance: float
+    comp_valid: bool
+    comp_reason: str
+    formula: str | None
+    element_amounts: tuple[tuple[str, float], ...]
+    density: float
+    num_elems: int | None
+
+    @property
+    def valid(self) -> bool:
+        """CDVAE's ``valid``: structurally and compositionally valid."""
+        return self.struct_valid and self.comp_valid
+
+
+def _record(index: int, item: Structure | None, validity: ValiditySettings) -> SampleRecord:
+    construction = check_construction(item, validity.min_volume)
+    struct = check_structure(
+        item, validity.min_distance, validity.min_volume, validity.self_image, construction=construction
+    )
+    formula: str | None = None
+    amounts: tuple[tuple[str, float], ...] = ()
+    comp_valid, comp_reason = False, f"not_constructed: {construction.reason}"
+    if item is not None and len(item) > 0:
+        try:
+            element_comp = item.composition.element_composition
+            amounts = tuple((el.symbol, float(n)) for el, n in element_comp.items())
+            formula = item.composition.reduced_formula
+        except Exception as err:  # e.g. dummy species without an element
+            comp_reason = f"composition_error: {err}"
+        else:
+            comp = check_composition(
+                dict(amounts),
+                mode=validity.comp_valid_mode,
+                max_combinations=validity.max_combinations,
+                smact_table=validity.smact_table,
+                pauling_test=validity.pauling_test,
+                include_alloys=validity.include_alloys,
+            )
+            comp_valid, comp_reason = comp.valid, comp.reason
+    density = math.nan
+    if construction.constructed and item is not None:
+        try:
+            density = float(item.density)
+        except Exception:  # no atomic mass (dummy species)
+            density = math.nan
+    return SampleRecord(
+        index=index,
+        constructed=construction.constructed,
+        construct_reason=construction.reason,
+        struct_valid=struct.valid,
+        struct_reason=struct.reason,
+        min_distance=struct.min_distance,
+        comp_valid=comp_valid,
+        comp_reason=comp_reason,
+        formula=formula,
+        element_amounts=amounts,
+        density=density,
+        num_elems=len(amounts) if amounts else None,
+    )
+
+
+class GeneratedSet(Sequence[Structure | None]):
+    """Generated items plus lazily computed, memoised per-item checks shared by every metric of a run.
+
+    Composition validity is computed for every item that has sites, constructed or not, as CDVAE does
+    (its ``Crystal.get_composition`` reads the atom types even when the lattice failed).
+
+    Args:
+        items: Generated structures; ``None`` marks a sample that could not be made into a crystal.
+        validity: Validity conventions.
+        progress: Show a progress bar for the per-structure loops.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Structure | None],
+        validity: ValiditySettings | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.items: list[Structure | None] = list(items)
+        self.validity = validity or ValiditySettings()
+        self.progress = progress
+        self._records: list[SampleRecord] | None = None
+        self._memo: dict[Any, Any] = {}
+
+    @classmethod
+    def wrap(
+        cls,
+        generated: Sequence[Structure | None],
+        validity: ValiditySettings | None = None,
+        progress: bool = False,
+    ) -> GeneratedSet:
+        """Reuse ``generated`` if it already is a ``GeneratedSet`` with the same validity settings."""
+        validity = validity or ValiditySettings()
+        if isinstance(generated, GeneratedSet) and generated.validity == validity:
+            return generated
+        items = generated.items if isinstance(generated, GeneratedSet) else generated
+        return cls(items, validity, progress)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, i: int) -> Structure | None: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Structure | None]: ...
+    def __getitem__(self, i: int | slice) -> Structure | None | list[Structure | None]:
+        return self.items[i]
+
+    def __iter__(self) -> Iterator[Structure | None]:
+        return iter(self.items)
+
+    @property
+    def records(self) -> list[SampleRecord]:
+        """One :class:`SampleRecord` per item (computed on first access)."""
+        if self._records is None:
+            bar = tqdm(self.items, desc="validity", unit="struct", disable=not self.progress, leave=False)
+            self._records = [_record(i, item, self.validity) for i, item in enumerate(bar)]
+            n_invalid = sum(not r.valid for r in self._records)
+            logger.info("validity: %d of %d generated items invalid", n_invalid, len(self._records))
+        return self._records
+
+    def flags(self, name: str) -> np.ndarray:
+        """Boolean array of a record flag: ``constructed``, ``struct_valid``, ``comp_valid`` or ``valid``."""
+        return np.array([bool(getattr(r, name)) for r in self.records], dtype=bool)
+
+    @property
+    def valid_indices(self) -> np.ndarray:
+        """Positions of the valid items, in order."""
+        return np.flatnonzero(self.flags("valid"))
+
+    def memo(self, key: Any, factory: Callable[[], T]) -> T:
+        """Compute ``factory()`` once per key for this set (shared work between metrics)."""
+        if key not in self._memo:
+            self._memo[key] = factory()
+        return self._memo[key]
+
+    def distribution_sample(self, settings: DistributionSettings) -> np.ndarray:
+        """Positions of the valid items the distribution metrics use: all of them, or a seeded draw of
+        ``max_samples`` without replacement (CDVAE ``GenEval`` draws 1000 with an unseeded
+        ``np.random.choice``). Sorted ascending."""
+
+        def draw() -> np.ndarray:
+            valid = self.valid_indices
+            if len(valid) <= settings.max_samples:
+                return valid
+            rng = np.random.default_rng(settings.seed)
+            return np.sort(rng.choice(valid, size=settings.max_samples, replace=False))
+
+        return self.memo(("distribution_sample", settings.max_samples, settings.seed), draw)

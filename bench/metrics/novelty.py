@@ -1,0 +1,183 @@
+"""Uniqueness and novelty of the valid generated structures, decided by pymatgen's ``StructureMatcher``.
+
+CDVAE defines the matcher convention (Xie et al. 2022, CDVAE, scripts/compute_metrics.py ``RecEval``:
+stol 0.5, ltol 0.3, angle_tol 10); uniqueness and novelty over valid samples follow the usage of later
+benchmarks (e.g. jiaor17/DiffCSP, microsoft/mattergen). Only structures with the same reduced formula are
+compared (the matcher's own composition check would reject the others).
+
+- ``unique``: fraction of valid structures that match no *earlier* valid structure of the set.
+- ``novel``: fraction of valid structures that match no training structure; ``memorized`` = 1 - ``novel``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from bench.metrics.base import MetricResult, ReferenceSet
+from bench.metrics.generated import GeneratedSet
+from bench.metrics.matching import FormulaIndex, build_matcher, formula_key, matcher_params
+from bench.metrics.settings import MatcherSettings, MetricSettings, settings_hash
+
+__all__ = ["Memorized", "Novel", "Unique"]
+
+
+def _uniqueness(gset: GeneratedSet, settings: MatcherSettings) -> dict[str, Any]:
+    """Per-item uniqueness of valid items: each is compared with every earlier valid item of its formula."""
+    matcher = build_matcher(settings)
+    index = FormulaIndex([], matcher)
+    n = len(gset)
+    unique = np.full(n, np.nan)
+    duplicate_of = pd.array([pd.NA] * n, dtype="Int64")
+    is_first: list[bool] = []  # per index position: matched nothing earlier
+    valid = gset.valid_indices
+    for i in tqdm(valid, desc="unique", unit="struct", disable=not gset.progress, leave=False):
+        structure = gset[int(i)]
+        reduced = index.reduce(structure)
+        earlier = index.buckets.get(formula_key(structure), [])
+        # Any match makes the item a duplicate, so order only matters for speed: first occurrences first.
+        ordered = [p for p in earlier if is_first[p]] + [p for p in earlier if not is_first[p]]
+        hit = index.first_match(structure, ordered, reduced_query=reduced)
+        index.add(structure, int(i), reduced=reduced)
+        is_first.append(hit is None)
+        unique[i] = float(hit is None)
+        if hit is not None:
+            duplicate_of[i] = index.ident(hit)
+    return {
+        "unique": unique,
+        "duplicate_of": duplicate_of,
+        "n_valid": len(valid),
+        "n_unique": int(np.nansum(unique)),
+        "n_match_errors": index.n_errors,
+        "matcher": matcher_params(matcher),
+    }
+
+
+def _novelty(gset: GeneratedSet, prepared: FormulaIndex) -> dict[str, Any]:
+    """Per-item novelty of valid items against the prepared training index."""
+    n = len(gset)
+    novel = np.full(n, np.nan)
+    match_id = pd.array([pd.NA] * n, dtype="Int64")
+    valid = gset.valid_indices
+    errors_before = prepared.n_errors
+    for i in tqdm(valid, desc="novel", unit="struct", disable=not gset.progress, leave=False):
+        hit = prepared.first_match(gset[int(i)])
+        novel[i] = float(hit is None)
+        if hit is not None:
+            match_id[i] = prepared.ident(hit)
+    return {
+        "novel": novel,
+        "novel_match_id": match_id,
+        "n_valid": len(valid),
+        "n_novel": int(np.nansum(novel)),
+        "n_match_errors": prepared.n_errors - errors_before,
+        "matcher": matcher_params(prepared.matcher),
+    }
+
+
+class _MatcherMetric:
+    direction: Literal["max", "min"] = "max"
+    version: str = "1.0"
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, settings: MetricSettings | None = None) -> None:
+        self.settings = settings or MetricSettings()
+
+    def settings_key(self) -> dict[str, Any]:
+        """The settings the reference side depends on (part of the prepare cache key)."""
+        return {"matcher": self.settings.to_dict()["matcher"]}
+
+
+class Unique(_MatcherMetric):
+    """Fraction of valid generated structures that match no earlier valid generated structure."""
+
+    name = "unique"
+    description = "fraction of valid structures matching no earlier valid structure (StructureMatcher)"
+    cacheable: ClassVar[bool] = False  # nothing reference-side
+
+    def prepare(self, reference: ReferenceSet) -> None:
+        """No reference-side work."""
+        return None
+
+    def __call__(self, generated: Sequence[Structure | None], prepared: Any = None) -> MetricResult:
+        gset = GeneratedSet.wrap(generated, self.settings.validity)
+        key = ("unique", settings_hash(self.settings.to_dict()["matcher"]))
+        res = gset.memo(key, lambda: _uniqueness(gset, self.settings.matcher))
+        n_valid = res["n_valid"]
+        extra: dict[str, Any] = {
+            "n_unique": res["n_unique"],
+            "n_valid": n_valid,
+            "n_match_errors": res["n_match_errors"],
+            "matcher_convention": self.settings.matcher.convention,
+            "per_sample_columns": {"duplicate_of": res["duplicate_of"]},
+        }
+        if not n_valid:
+            extra["reason"] = "no valid structures"
+        value = res["n_unique"] / n_valid if n_valid else math.nan
+        return MetricResult(value=value, per_sample=res["unique"], extra=extra)
+
+
+class Novel(_MatcherMetric):
+    """Fraction of valid generated structures that match no training structure."""
+
+    name = "novel"
+    description = "fraction of valid structures matching no training structure (StructureMatcher)"
+    cacheable: ClassVar[bool] = False  # the index is cheap to build and large to store
+    prepare_key: ClassVar[str] = "novel"
+    reference_splits: ClassVar[tuple[str, ...]] = ("train",)
+
+    def prepare(self, reference: ReferenceSet) -> FormulaIndex:
+        """Bucket the training structures by reduced formula (reduced lazily, on first comparison)."""
+        return FormulaIndex(reference.train, build_matcher(self.settings.matcher))
+
+    def _result(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> dict[str, Any]:
+        gset = GeneratedSet.wrap(generated, self.settings.validity)
+        key = ("novelty", id(prepared))
+        held, res = gset.memo(key, lambda: (prepared, _novelty(gset, prepared)))
+        if held is not prepared:  # pragma: no cover - id reuse after the prepared object was freed
+            res = _novelty(gset, prepared)
+        return res
+
+    def __call__(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> MetricResult:
+        res = self._result(generated, prepared)
+        n_valid = res["n_valid"]
+        extra: dict[str, Any] = {
+            "n_novel": res["n_novel"],
+            "n_valid": n_valid,
+            "n_match_errors": res["n_match_errors"],
+            "matcher_convention": self.settings.matcher.convention,
+            "per_sample_columns": {"novel_match_id": res["novel_match_id"]},
+        }
+        if not n_valid:
+            extra["reason"] = "no valid structures"
+        value = res["n_novel"] / n_valid if n_valid else math.nan
+        return MetricResult(value=value, per_sample=res["novel"], extra=extra)
+
+
+class Memorized(Novel):
+    """Fraction of valid generated structures that reproduce a training structure (1 - novel)."""
+
+    name = "memorized"
+    direction: Literal["max", "min"] = "min"
+    description = "fraction of valid structures matching a training structure (1 - novel)"
+
+    def __call__(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> MetricResult:
+        res = self._result(generated, prepared)
+        n_valid = res["n_valid"]
+        n_memorized = n_valid - res["n_novel"]
+        extra: dict[str, Any] = {
+            "n_memorized": n_memorized,
+            "n_valid": n_valid,
+            "matcher_convention": self.settings.matcher.convention,
+        }
+        if not n_valid:
+            extra["reason"] = "no valid structures"
+        value = n_memorized / n_valid if n_valid else math.nan
+        return MetricResult(value=value, per_sample=1.0 - res["novel"], extra=extra)

@@ -1,0 +1,214 @@
+"""``run_metrics``: score generated structures against a reference set with the configured metrics."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pymatgen.core import Structure
+
+from bench.metrics.base import Metric, MetricReport, MetricResult, ReferenceSet
+from bench.metrics.cache import cache_path, cached
+from bench.metrics.generated import GeneratedSet
+from bench.metrics.matching import build_matcher, matcher_params
+from bench.metrics.registry import build_metric
+from bench.metrics.settings import MetricSettings, settings_hash
+
+__all__ = ["package_versions", "run_metrics"]
+
+logger = logging.getLogger(__name__)
+
+_RECORD_COLUMNS = (
+    "constructed",
+    "construct_reason",
+    "struct_valid",
+    "struct_reason",
+    "min_distance",
+    "comp_valid",
+    "comp_reason",
+    "valid",
+    "formula",
+    "density",
+    "num_elems",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages whose behaviour the metric values depend on."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for dist in ("pymatgen", "pymatgen-core", "smact", "spglib", "numpy", "scipy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _reference_checksum(metric: Metric, reference: ReferenceSet) -> str | None:
+    """Checksum of the splits a metric's ``prepare`` reads, or None when one is unknown (no caching)."""
+    splits = getattr(metric, "reference_splits", None) or ("train", "test")
+    sums = [getattr(reference, f"{split}_checksum", "") for split in splits]
+    if not all(sums):
+        return None
+    if len(sums) == 1:
+        return sums[0][:16]
+    return hashlib.sha256(":".join(sums).encode()).hexdigest()[:16]
+
+
+def _per_sample_column(values: Any) -> Any:
+    """Float arrays holding only 0/1/NaN become nullable booleans; everything else is kept."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        finite = values[~np.isnan(values)]
+        if np.isin(finite, (0.0, 1.0)).all():
+            return pd.array([pd.NA if math.isnan(v) else bool(v) for v in values], dtype="boolean")
+    return values
+
+
+def _per_sample_frame(
+    gset: GeneratedSet, results: dict[str, MetricResult], sample: np.ndarray
+) -> pd.DataFrame:
+    records = gset.records
+    frame = pd.DataFrame(
+        {
+            "index": np.arange(len(records)),
+            **{col: [getattr(r, col) for r in records] for col in _RECORD_COLUMNS},
+        }
+    )
+    frame["num_elems"] = pd.array(frame["num_elems"].tolist(), dtype="Int64")
+    in_sample = np.zeros(len(records), dtype=bool)
+    in_sample[sample] = True
+    frame["in_distribution_sample"] = in_sample
+    for name, result in results.items():
+        if result.per_sample is not None and name not in frame.columns:
+            frame[name] = _per_sample_column(np.asarray(result.per_sample))
+        for col, values in result.extra.get("per_sample_columns", {}).items():
+            frame[col] = values
+    return frame
+
+
+def run_metrics(
+    generated: Sequence[Structure | None],
+    reference: ReferenceSet,
+    cfg: Mapping[str, Any] | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> MetricReport:
+    """Score generated structures with the metrics named in ``cfg`` (default: all registered metrics).
+
+    Per-structure work (construction, validity, formula, density) is done once and shared by all metrics;
+    reference-side work (``Metric.prepare``) is done once per metric and, when ``cache_dir`` and the
+    reference checksums are given, cached on disk.
+
+    Args:
+        generated: Generated structures; ``None`` for a sample that could not be made into a crystal.
+        reference: Train and test structures of the dataset.
+        cfg: The ``metrics`` config mapping (``conf/metrics/default.yaml``); missing keys take the defaults.
+        cache_dir: Root of the on-disk cache (files under ``<cache_dir>/metrics/``); None disables it.
+        progress: Show progress bars for the slow per-structure loops.
+
+    Returns:
+        The report: metric values with direction and details, a per-sample table, counts and settings.
+    """
+    settings = MetricSettings.from_mapping(cfg)
+    metrics = [build_metric(name, settings) for name in settings.names]
+    gset = GeneratedSet(generated, settings.validity, progress=progress)
+    t0 = time.perf_counter()
+    records = gset.records
+    validity_seconds = time.perf_counter() - t0
+
+    prepared_by_key: dict[tuple[str, str], Any] = {}
+    results: dict[str, MetricResult] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        prepare_name = getattr(metric, "prepare_key", metric.name)
+        key_settings = {
+            "version": metric.version,
+            **(metric.settings_key() if hasattr(metric, "settings_key") else {}),
+        }
+        shash = settings_hash(key_settings)
+        key = (prepare_name, shash)
+        cache_state = "shared"
+        prepare_seconds = 0.0
+        if key not in prepared_by_key:
+            path = None
+            checksum = _reference_checksum(metric, reference)
+            if cache_dir is not None and getattr(metric, "cacheable", True) and checksum:
+                path = cache_path(Path(cache_dir), checksum, prepare_name, shash)
+            t0 = time.perf_counter()
+            prepared_by_key[key], hit = cached(path, lambda m=metric: m.prepare(reference))
+            prepare_seconds = time.perf_counter() - t0
+            cache_state = "off" if path is None else ("hit" if hit else "miss")
+        t0 = time.perf_counter()
+        result = metric(gset, prepared_by_key[key])
+        seconds = time.perf_counter() - t0
+        results[metric.name] = result
+        extra = {k: v for k, v in result.extra.items() if k != "per_sample_columns"}
+        entries[metric.name] = _jsonable(
+            {
+                "value": float(result.value),
+                "direction": metric.direction,
+                "description": metric.description,
+                "version": metric.version,
+                **extra,
+                "seconds": round(seconds, 4),
+                "prepare_seconds": round(prepare_seconds, 4),
+                "prepare_cache": cache_state,
+            }
+        )
+        logger.info("%s = %.4g (%s, %.1f s)", metric.name, result.value, metric.direction, seconds)
+
+    sample = gset.distribution_sample(settings.distribution)
+    per_sample = _per_sample_frame(gset, results, sample)
+    counts: dict[str, int] = {
+        "n_generated": len(records),
+        "n_none": sum(item is None for item in gset),
+        "n_constructed": int(per_sample["constructed"].sum()),
+        "n_struct_valid": int(per_sample["struct_valid"].sum()),
+        "n_comp_valid": int(per_sample["comp_valid"].sum()),
+        "n_valid": int(per_sample["valid"].sum()),
+        "n_distribution_sample": len(sample),
+        "n_train": len(reference.train),
+        "n_test": len(reference.test),
+    }
+    for col in ("unique", "novel"):
+        if col in per_sample.columns:
+            counts[f"n_{col}"] = int(per_sample[col].sum(skipna=True))
+    report_settings = {
+        **settings.to_dict(),
+        "matcher_params": matcher_params(build_matcher(settings.matcher)),
+        "reference": {
+            "name": reference.name,
+            "train_checksum": reference.train_checksum,
+            "test_checksum": reference.test_checksum,
+        },
+        "versions": package_versions(),
+        "validity_seconds": round(validity_seconds, 4),
+    }
+    return MetricReport(
+        metrics=entries, per_sample=per_sample, counts=counts, settings=_jsonable(report_settings)
+    )

@@ -1,0 +1,78 @@
+"""Validity rates: ``struct_valid``, ``comp_valid`` and ``valid``, each a fraction over all generated items.
+
+Definitions: Xie et al. 2022, CDVAE, scripts/compute_metrics.py (``GenEval.get_validity``) with the per-item
+rules of scripts/eval_utils.py; unconstructed items (including ``None``) count as invalid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pymatgen.core import Structure
+
+from bench.metrics.base import MetricResult, ReferenceSet
+from bench.metrics.generated import GeneratedSet
+from bench.metrics.settings import MetricSettings
+
+__all__ = ["CompValid", "StructValid", "Valid"]
+
+
+class _ValidityRate:
+    """Fraction of all generated items whose record flag ``flag`` is true."""
+
+    name: ClassVar[str]
+    flag: ClassVar[str]
+    description: ClassVar[str]
+    direction: Literal["max", "min"] = "max"
+    version: str = "1.0"
+    cacheable: ClassVar[bool] = False  # nothing reference-side to cache
+
+    def __init__(self, settings: MetricSettings | None = None) -> None:
+        self.settings = settings or MetricSettings()
+
+    def settings_key(self) -> dict[str, Any]:
+        """The settings the reference side depends on: none."""
+        return {}
+
+    def prepare(self, reference: ReferenceSet) -> None:
+        """No reference-side work."""
+        return None
+
+    def __call__(self, generated: Sequence[Structure | None], prepared: Any = None) -> MetricResult:
+        gset = GeneratedSet.wrap(generated, self.settings.validity)
+        flags = gset.flags(self.flag)
+        n = len(flags)
+        value = float(flags.mean()) if n else math.nan
+        extra: dict[str, Any] = {f"n_{self.flag}": int(flags.sum()), "n_generated": n}
+        if not n:
+            extra["reason"] = "no generated items"
+        return MetricResult(value=value, per_sample=flags.astype(float), extra=extra)
+
+
+class StructValid(_ValidityRate):
+    """Fraction of generated items with all distances >= ``min_distance`` and volume >= ``min_volume``."""
+
+    name = "struct_valid"
+    flag = "struct_valid"
+    description = "fraction of generated items with no two atoms closer than 0.5 Å (CDVAE)"
+
+
+class CompValid(_ValidityRate):
+    """Fraction of generated items whose composition passes CDVAE's SMACT rule."""
+
+    name = "comp_valid"
+    flag = "comp_valid"
+    description = (
+        "fraction of generated items with a charge-neutral, electronegativity-consistent composition "
+        "(CDVAE SMACT rule)"
+    )
+
+
+class Valid(_ValidityRate):
+    """Fraction of generated items that are both structurally and compositionally valid."""
+
+    name = "valid"
+    flag = "valid"
+    description = "fraction of generated items that are both struct_valid and comp_valid"

@@ -1,0 +1,156 @@
+"""Denoising diffusion (epsilon prediction, cosine schedule) over the continuous fields of the crystal batch.
+
+Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", NeurIPS, arXiv:2006.11239, with the cosine
+schedule of Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672.
+All three fields diffuse in Euclidean space with one shared schedule:
+
+- ``atom_types``: the one-hot scaled to ``{-1, +1}`` (decoded by argmax, as in analog-bits style continuous
+  relaxations, Chen, Zhang & Hinton 2023, arXiv:2208.04202);
+- ``frac_coords``: ``2 f - 1`` in ``[-1, 1)``, treated as plain (non-periodic) values; the decoder wraps mod 1;
+- ``lattice``: the codec's standardised parameters as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.models.backbone import CrystalTransformer
+from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler
+from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars, q_sample
+
+__all__ = ["CrystalDDPM", "timestep_embedding"]
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding ``[B, dim]`` of (possibly fractional) step indices ``t`` ``[B]`` (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.to(torch.float32).unsqueeze(-1) * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class CrystalDDPM(GenerativeModule):
+    """Epsilon-prediction DDPM on ``(atom_types, frac_coords, lattice)`` with a transformer denoiser.
+
+    The loss is the simple objective of Ho et al. (2020): the mean squared error of the predicted noise, averaged
+    within each field and summed over fields with weights (so the ``K + 1`` type channels do not swamp the three
+    coordinates). Sampling is delegated to the configured sampler (:mod:`bench.models.diffusion.samplers`).
+
+    Args:
+        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called once, for the denoiser).
+        optimizer: partial building the optimiser.
+        sampler: a built sampler, e.g. :class:`~bench.models.diffusion.samplers.AncestralSampler`.
+        num_types: K + 1 (from the fitted codec).
+        max_atoms: N (from the fitted codec).
+        timesteps: T, the number of diffusion steps.
+        schedule: ``"cosine"`` (default) or ``"linear"``.
+        time_dim: width of the time embedding fed to the backbone as its conditioning vector.
+        type_weight: weight of the type-noise MSE.
+        frac_weight: weight of the coordinate-noise MSE.
+        lattice_weight: weight of the lattice-noise MSE.
+    """
+
+    family = "diffusion"
+    paper = (
+        "Ho, Jain, Abbeel (2020). Denoising Diffusion Probabilistic Models. NeurIPS. arXiv:2006.11239; "
+        "cosine schedule: Nichol, Dhariwal (2021). Improved Denoising Diffusion Probabilistic Models. ICML. "
+        "arXiv:2102.09672"
+    )
+
+    #: Range of ``x_0`` for the bounded fields, used to clip ``x0_hat`` during sampling; ``None``: unbounded.
+    CLIP: dict[str, float | None] = {"atom_types": 1.0, "frac_coords": 1.0, "lattice": None}
+
+    def __init__(
+        self,
+        backbone: Callable[..., CrystalTransformer],
+        optimizer: OptimizerFactory,
+        num_types: int,
+        max_atoms: int,
+        sampler: DiffusionSampler | None = None,
+        timesteps: int = 1000,
+        schedule: str = "cosine",
+        time_dim: int = 64,
+        type_weight: float = 1.0,
+        frac_weight: float = 1.0,
+        lattice_weight: float = 1.0,
+    ) -> None:
+        super().__init__(optimizer, num_types, max_atoms)
+        self._save_plain_hparams()
+        if schedule == "cosine":
+            alpha_bars = cosine_alpha_bars(timesteps)
+        elif schedule == "linear":
+            alpha_bars = linear_alpha_bars(timesteps)
+        else:
+            raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
+        self.sampler: DiffusionSampler = sampler if sampler is not None else AncestralSampler()
+        self.timesteps = int(timesteps)
+        self.time_dim = int(time_dim)
+        self.weights = {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight}
+        # Not persistent: rebuilt from the config, so checkpoints hold only learned weights.
+        self.register_buffer("alpha_bars", alpha_bars.to(torch.float32), persistent=False)
+        self.time_mlp = nn.Sequential(
+            nn.Linear(self.time_dim, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
+        )
+        self.denoiser = backbone(
+            num_types=num_types, max_atoms=max_atoms, cond_dim=self.time_dim, raw_frac=True
+        )
+
+    # ------------------------------------------------------------------ representation
+    @staticmethod
+    def to_diffusion_space(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Map a data batch to the diffused variables: types to ``{-1, 1}``, coordinates to ``[-1, 1)``."""
+        return {
+            "atom_types": 2.0 * batch["atom_types"] - 1.0,
+            "frac_coords": 2.0 * batch["frac_coords"] - 1.0,
+            "lattice": batch["lattice"],
+        }
+
+    @staticmethod
+    def from_diffusion_space(x: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Inverse of :meth:`to_diffusion_space` (types stay scores for the argmax)."""
+        return {
+            "atom_types": (x["atom_types"] + 1.0) / 2.0,
+            "frac_coords": (x["frac_coords"] + 1.0) / 2.0,
+            "lattice": x["lattice"],
+        }
+
+    def predict_noise(self, x_t: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+        """``eps_hat(x_t, t)`` per field; ``t`` holds 0-based step indices ``[B]``."""
+        cond = self.time_mlp(timestep_embedding(t, self.time_dim))
+        # The backbone reads coordinates as fractions (periodic features) plus their raw values.
+        inputs = {**x_t, "frac_coords": (x_t["frac_coords"] + 1.0) / 2.0}
+        out = self.denoiser(inputs, cond=cond)
+        return {k: out[k] for k in FIELDS}
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted per-field noise MSE at uniformly drawn steps."""
+        x0 = self.to_diffusion_space(batch)
+        size = x0["lattice"].shape[0]
+        t = torch.randint(0, self.timesteps, (size,), device=self.device)
+        noise = {k: torch.randn_like(v) for k, v in x0.items()}
+        x_t = q_sample(x0, self.alpha_bars[t], noise)
+        eps = self.predict_noise(x_t, t)
+        terms = {f"{k}_mse": F.mse_loss(eps[k], noise[k]) for k in FIELDS}
+        total = sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
+        return {"loss": total, **terms}
+
+    # ------------------------------------------------------------------ sampling
+    def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
+        shapes = {
+            "atom_types": (n, self.max_atoms, self.num_types),
+            "frac_coords": (n, self.max_atoms, 3),
+            "lattice": (n, 6),
+        }
+        x0 = self.sampler(self.predict_noise, self.alpha_bars, shapes, generator, self.device, clip=self.CLIP)
+        return self.from_diffusion_space(x0)

@@ -1,0 +1,108 @@
+"""Result records, atomic writes, sample files and the Markdown board."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from bench.datasets.codec import DecodeFailure
+from bench.io_utils import atomic_write_json
+from bench.leaderboard import render_markdown, write_board
+from bench.records import ResultRecord, load_records, provenance, record_path, write_record
+from bench.structures_io import SampleFileError, read_samples, write_samples_csv
+
+
+def _record(seed: int, valid: float, status: str = "complete", reason: str | None = None) -> ResultRecord:
+    return ResultRecord(
+        model="vae", family="vae", variant="vae-gaussian", dataset="perov_5",
+        split_protocol="train=val,eval=test (offline)", split={"id": "train-val_eval-test"}, seed=seed,
+        status=status, reason=reason,
+        metrics={"valid": {"value": valid, "direction": "max"}, "wdist_density": {"value": 0.5, "direction": "min"}},
+        cost={"train_seconds": 10.0, "samples_per_second": 100.0, "parameters": 1000}, config_hash="abcdef0123456789",
+    )
+
+
+def test_record_round_trip_and_path(tmp_path: Path) -> None:
+    record = _record(0, 0.9)
+    path = write_record(record, tmp_path)
+    assert path == record_path(tmp_path, record)
+    assert path.parent.name == "perov_5" and "s0" in path.name and "abcdef01" in path.name
+    (loaded_path, loaded), = load_records(tmp_path)
+    assert loaded_path == path and loaded == record
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "r.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # not serialisable: the old file must survive intact
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_nan_is_written_as_null(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "x.json", {"v": math.nan, "w": [1.0, math.inf]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"v": None, "w": [1.0, None]}
+
+
+def test_unreadable_record_is_skipped_not_fatal(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_record(_record(0, 0.9), tmp_path)
+    (tmp_path / "perov_5" / "broken.json").write_text("{not json")
+    assert len(load_records(tmp_path)) == 1
+    assert "broken.json" in caplog.text
+
+
+def test_provenance_has_versions_and_hardware() -> None:
+    prov = provenance()
+    assert prov["versions"]["pymatgen"]
+    assert prov["hardware"]["cpu_count"] >= 1
+
+
+def test_markdown_board_aggregates_seeds_and_shows_failures(tmp_path: Path) -> None:
+    for seed, valid in [(0, 0.8), (1, 0.9), (2, 1.0)]:
+        write_record(_record(seed, valid), tmp_path)
+    failed = _record(3, 0.0, status="failed", reason="train: NonFiniteLossError: non-finite loss at step 7")
+    failed.config_hash = "ffff"
+    write_record(failed, tmp_path)
+    text = write_board(tmp_path, tmp_path / "README.md").read_text()
+    assert "## perov_5" in text
+    assert "0.900 ± 0.100" in text  # mean ± sample std of 0.8, 0.9, 1.0
+    assert "valid ↑" in text and "wdist_density ↓" in text
+    assert "non-finite loss at step 7" in text
+    assert "| 3 |" in text  # three complete seeds
+    assert "No result records" in render_markdown([])
+
+
+def test_samples_csv_round_trip_keeps_failures(tmp_path: Path) -> None:
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    items = [nacl, DecodeFailure("empty cell", 1), nacl.copy()]
+    path = write_samples_csv(tmp_path / "samples.csv", items, meta={"model": "vae"})
+    sample_set = read_samples(path)
+    assert len(sample_set.structures) == 3 and sample_set.n_constructed == 2
+    assert sample_set.structures[1] is None and sample_set.reasons[1] == "empty cell"
+    assert sample_set.structures[0].composition.reduced_formula == "NaCl"
+    assert sample_set.meta == {"model": "vae"}
+
+
+def test_cif_folder_and_bad_inputs(tmp_path: Path) -> None:
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    nacl.to(filename=str(folder / "a.cif"))
+    (folder / "b.cif").write_text("data_garbage\n_cell_length_a x\n")
+    sample_set = read_samples(folder)
+    assert sample_set.ids == ["a", "b"]
+    assert sample_set.structures[0] is not None and sample_set.structures[1] is None
+    assert "unreadable" in sample_set.reasons[1]
+    with pytest.raises(SampleFileError, match="not found"):
+        read_samples(tmp_path / "missing.csv")
+    (tmp_path / "nocif.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SampleFileError, match="'cif' column"):
+        read_samples(tmp_path / "nocif.csv")
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(SampleFileError, match="unsupported"):
+        read_samples(tmp_path / "x.parquet")
