@@ -26,7 +26,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   sample       sample a trained run into <run_dir>/samples.csv
   evaluate     score samples (samples=PATH for any CSV with a 'cif' column / CIF folder / JSON)
   datasets     list | fetch NAME [--split S] | verify NAME
-  leaderboard  build: regenerate leaderboard/README.md from the result records
+  leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -50,11 +50,11 @@ def _is_multirun() -> bool:
 def _regenerate_board(cfg: Any) -> None:
     if not cfg.record.get("regenerate_board", True):
         return
-    from bench.leaderboard import write_board
+    from bench.leaderboard import build
 
     try:
-        out = write_board(cfg.paths.results_dir, Path(cfg.paths.leaderboard_dir) / "README.md")
-        log.info("leaderboard regenerated: %s", out)
+        out = build(cfg.paths.results_dir, cfg.paths.leaderboard_dir)
+        log.info("leaderboard regenerated: %s", ", ".join(str(p) for p in out.values()))
     except OSError as err:  # the board is a convenience; the record is what counts
         log.warning("could not regenerate the leaderboard: %s", err)
 
@@ -152,14 +152,29 @@ def _datasets_main(argv: list[str]) -> int:
 
 
 def _leaderboard_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="matgenbench leaderboard", description="Build the leaderboard.")
-    parser.add_argument("action", choices=["build"])
-    parser.add_argument("--results", type=Path, default=Path("leaderboard/results"))
-    parser.add_argument("--out", type=Path, default=Path("leaderboard"))
-    args = parser.parse_args(argv)
-    from bench.leaderboard import write_board
+    import os
 
-    print(write_board(args.results, args.out / "README.md"))
+    parser = argparse.ArgumentParser(prog="matgenbench leaderboard", description="Build or show the leaderboard.")
+    parser.add_argument("action", choices=["build", "show"])
+    parser.add_argument("--results", type=Path,
+                        default=Path(os.environ.get("MATGENBENCH_RESULTS_DIR", "leaderboard/results")))
+    parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="build: where README.md/index.html go")
+    parser.add_argument("--dataset", default=None, help="show: one dataset only")
+    parser.add_argument("--sort", default=None, help="show: sort by this metric (best first) or a cost column")
+    parser.add_argument("--metrics", default=None, help="show: comma-separated metrics to show")
+    args = parser.parse_args(argv)
+    from bench.leaderboard import build, show
+
+    if args.action == "build":
+        for path in build(args.results, args.out).values():
+            print(path)
+        return 0
+    try:
+        show(args.results, dataset=args.dataset, sort=args.sort,
+             metrics=args.metrics.split(",") if args.metrics else None)
+    except ValueError as err:
+        print(f"matgenbench leaderboard show: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

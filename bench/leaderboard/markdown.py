@@ -1,91 +1,198 @@
-"""A Markdown leaderboard from the result records: one table per dataset, seeds aggregated per model variant."""
+"""The Markdown board (``leaderboard/README.md``): one table per dataset, seeds pooled per model variant."""
 
 from __future__ import annotations
 
-import math
-import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.io_utils import atomic_write_text
-from bench.records import ResultRecord, load_records
-
-__all__ = ["render_markdown", "write_board", "BOARD_METRICS"]
-
-# Columns shown when present; every other metric stays in the records.
-BOARD_METRICS = (
-    "valid", "struct_valid", "comp_valid", "unique", "novel", "cov_recall", "cov_precision",
-    "wdist_density", "wdist_num_elems", "wdist_prop",
+from bench.leaderboard.aggregate import Row, best_per_column, metric_columns
+from bench.leaderboard.board import Board, board_from_records, collect
+from bench.leaderboard.format import (
+    DASH,
+    arrow,
+    fmt_ci,
+    fmt_mean_std,
+    fmt_params,
+    fmt_rate,
+    fmt_seconds,
+    fmt_value,
+    truncate,
 )
+from bench.leaderboard.published import published_meta
+from bench.records import ResultRecord
+
+__all__ = ["render_markdown", "render_board_markdown", "write_board"]
+
+_REASON_CHARS = 160
 
 
-def _fmt(values: Sequence[float]) -> str:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return "–"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _fmt_cost(values: Sequence[float | None], digits: int = 0) -> str:
-    values = [v for v in values if v is not None]
-    return f"{statistics.fmean(values):,.{digits}f}" if values else "–"
+def _legend() -> list[str]:
+    meta = published_meta()
+    return [
+        "How to read it:",
+        "",
+        "- Each cell is the mean ± sample standard deviation over seeds, with the 95% percentile-bootstrap "
+        "confidence interval of the mean below it (2,000 resamples). With one seed there is no spread: "
+        "`CI n/a (1 seed)`.",
+        "- ↑ higher is better, ↓ lower is better. **Bold**: best in its column among this project's complete "
+        "runs on "
+        "the same split protocol; reference rows and published numbers are never bold.",
+        "- `vun_rate` = valid × unique × novel per seed (unique and novel are fractions of the valid "
+        "structures).",
+        "- *reference* rows are baselines scored by the same metric suite (e.g. the test set itself); "
+        "*external* rows are someone else's samples scored here.",
+        "- *protocol*: the split protocol a run used; only `official` protocols compare with published "
+        "numbers.",
+        "- Cost columns are means over seeds: parameters, training seconds, generated structures per second.",
+        "- Failed or not-applicable runs are listed with their reason instead of disappearing.",
+        f"- *Reported, not re-run*: numbers copied from {meta['short_citation']} ({meta['url']}); "
+        f"protocol: {meta['protocol']}.",
+    ]
 
 
-def render_markdown(records: Sequence[ResultRecord]) -> str:
-    """Render records as Markdown: per dataset, one row per (model variant, split protocol), mean ± std over seeds."""
+def _header(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
+    directions = {}
+    for name in columns:
+        directions[name] = next((r.metrics[name].direction for r in rows if name in r.metrics), "max")
+    return [f"{name} {arrow(directions[name])}" for name in columns]
+
+
+def _metric_cell(row: Row, name: str, bold: bool) -> str:
+    summary = row.metrics.get(name)
+    if summary is None or summary.mean is None:
+        return DASH
+    main = fmt_mean_std(summary)
+    if bold:
+        main = f"**{main}**"
+    return f"{main}<br><sub>{fmt_ci(summary)}</sub>"
+
+
+def _name_cell(row: Row) -> str:
+    name = _cell(row.name)
+    if row.kind == "reference":
+        return f"*{name}* (reference)"
+    if row.kind == "external":
+        return f"{name} (external)"
+    return name
+
+
+def _status_cell(row: Row) -> str:
+    if row.status == "complete":
+        return "complete"
+    return f"**{row.status.replace('_', ' ')}**: {_cell(truncate(row.reason or '', _REASON_CHARS))}"
+
+
+def _own_table(rows: Sequence[Row]) -> list[str]:
+    columns = metric_columns(rows)
+    best = best_per_column(rows, columns)
+    header = [
+        "model",
+        "family",
+        "protocol",
+        "seeds",
+        *_header(columns, rows),
+        "params",
+        "train s",
+        "samples/s",
+        "status",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(rows):
+        protocol = row.protocol + (" (official)" if row.official and "official" not in row.protocol else "")
+        cells = [
+            _name_cell(row),
+            _cell(row.family),
+            _cell(protocol),
+            str(len(row.seeds)) if row.status == "complete" else DASH,
+            *[_metric_cell(row, m, i in best.get(m, set())) for m in columns],
+            fmt_params(row.cost.get("parameters")),
+            fmt_seconds(row.cost.get("train_seconds")),
+            fmt_rate(row.cost.get("samples_per_second")),
+            _status_cell(row),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _published_table(rows: Sequence[Row]) -> list[str]:
+    columns = metric_columns(rows)
+    header = ["model", "family", *_header(columns, rows), "source"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            _cell(row.name),
+            _cell(row.family),
+            *[fmt_value(row.mean(m)) if m in row.metrics else DASH for m in columns],
+            _cell(row.source or ""),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_board_markdown(board: Board) -> str:
+    """Render a :class:`Board` as Markdown."""
     lines = [
         "# matgenbench leaderboard",
         "",
-        "Built from the result records in `leaderboard/results/` by `matgenbench`. Values are mean ± standard "
-        "deviation over seeds; ↑ higher is better, ↓ lower is better. Runs not on the official split protocol say so "
-        "in the *protocol* column.",
+        "Built by `matgenbench leaderboard build` from the result records in `leaderboard/results/` "
+        f"({board.n_records} record{'s' if board.n_records != 1 else ''}); every record is validated against "
+        "`record.schema.json` first. `index.html` beside this file (same command) has the same tables, "
+        "sortable, with a family filter and plots; open it in a browser, it needs no network.",
+        "",
+        *_legend(),
         "",
     ]
-    by_dataset: dict[str, list[ResultRecord]] = defaultdict(list)
-    for record in records:
-        by_dataset[record.dataset].append(record)
-    if not by_dataset:
-        lines.append("_No result records yet: run `matgenbench run`._")
-    for dataset in sorted(by_dataset):
-        recs = by_dataset[dataset]
-        present = [m for m in BOARD_METRICS if any(m in r.metrics for r in recs)]
-        directions = {}
-        for r in recs:
-            for m in present:
-                if m in r.metrics:
-                    directions[m] = r.metrics[m].get("direction", "max")
-        header = ["model", "family", "protocol", "seeds", *[f"{m} {'↑' if directions.get(m) == 'max' else '↓'}"
-                                                             for m in present],
-                  "params", "train s", "samples/s", "status"]
-        lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        groups: dict[tuple[str, str, str], list[ResultRecord]] = defaultdict(list)
-        for r in recs:
-            groups[(r.variant, r.model, r.split.get("id", r.split_protocol))].append(r)
-        for (variant, model, _), group in sorted(groups.items()):
-            done = [r for r in group if r.status == "complete"]
-            failed = [r for r in group if r.status != "complete"]
-            status = "complete" if not failed else f"{len(failed)} {failed[0].status}: {failed[0].reason}"
-            row = [
-                model if variant == model else f"{model} ({variant})",
-                group[0].family,
-                group[0].split_protocol,
-                str(len(done)),
-                *[_fmt([r.metrics.get(m, {}).get("value") for r in done]) for m in present],
-                _fmt_cost([r.cost.get("parameters") for r in done]),
-                _fmt_cost([r.cost.get("train_seconds") for r in done]),
-                _fmt_cost([r.cost.get("samples_per_second") for r in done], 1),
-                status.replace("|", "/").replace("\n", " ")[:120],
+    if not board.n_records:
+        lines += ["_No result records yet: run `matgenbench run`._", ""]
+    for dataset in board.datasets():
+        own, published = board.own_rows(dataset), board.published_rows(dataset)
+        lines += [f"## {dataset}", ""]
+        if own:
+            lines += [*_own_table(own), ""]
+        else:
+            lines += ["_No runs of this project on this dataset yet._", ""]
+        if published:
+            meta = published_meta()
+            lines += [
+                f"### {dataset}: reported, not re-run",
+                "",
+                f"Copied from {meta['short_citation']} ({meta['url']}); {meta['protocol']}. "
+                "Not comparable with runs on other protocols.",
+                "",
+                *_published_table(published),
+                "",
             ]
-            lines.append("| " + " | ".join(row) + " |")
+    if board.excluded:
+        lines += [
+            "## Records left out",
+            "",
+            f"{len(board.excluded)} file(s) under `leaderboard/results/` are not on the board:",
+            "",
+        ]
+        for item in board.excluded:
+            lines.append(f"- `{item.path}`: {_cell(truncate('; '.join(item.problems), 300))}")
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_markdown(records: Sequence[ResultRecord], *, published: bool = True) -> str:
+    """Render records as Markdown: per dataset, one row per model variant and split protocol, seeds pooled.
+
+    Args:
+        records: Result records (assumed valid; :func:`write_board` validates the files it reads).
+        published: Add the "reported, not re-run" sections.
+    """
+    return render_board_markdown(board_from_records(records, published=published))
 
 
 def write_board(results_dir: str | Path, out_path: str | Path) -> Path:
-    """Read every record under ``results_dir`` and write the Markdown board to ``out_path`` atomically."""
-    records = [r for _, r in load_records(results_dir)]
-    return atomic_write_text(out_path, render_markdown(records))
+    """Validate and aggregate the records under ``results_dir``; write the Markdown board to ``out_path``.
+
+    Only the Markdown file is written; :func:`bench.leaderboard.build` writes the HTML page as well.
+    """
+    return atomic_write_text(out_path, render_board_markdown(collect(results_dir)))

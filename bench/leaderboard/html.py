@@ -1,0 +1,445 @@
+"""A static HTML board (``leaderboard/index.html``) that works offline from the file system.
+
+Everything is inline: CSS, a few lines of JavaScript (sortable columns, a family filter) and SVG plots
+generated in Python. The page loads nothing from the network; links to papers are plain anchors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from html import escape
+
+from bench.leaderboard.aggregate import (
+    QUALITY_METRIC,
+    Row,
+    best_per_column,
+    metric_columns,
+    quality,
+    total_seconds,
+)
+from bench.leaderboard.board import Board
+from bench.leaderboard.format import (
+    DASH,
+    arrow,
+    fmt_ci,
+    fmt_mean_std,
+    fmt_params,
+    fmt_rate,
+    fmt_seconds,
+    fmt_value,
+    truncate,
+)
+from bench.leaderboard.published import published_meta
+from bench.leaderboard.svg import Bar, Point, bars_svg, family_colors, scatter_svg
+
+__all__ = ["render_html"]
+
+_CSS = """
+:root { --fg:#1d1d1f; --muted:#666; --line:#ddd; --best:#fff4c2; --bg-alt:#f7f7f9; }
+* { box-sizing: border-box; }
+body { font: 14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif; color: var(--fg); margin: 0;
+       padding: 24px 32px 48px; max-width: 1600px; }
+h1 { margin: 0 0 4px; font-size: 26px; } h2 { margin: 36px 0 8px; font-size: 21px;
+       border-bottom: 2px solid var(--line); padding-bottom: 4px; }
+h3 { margin: 22px 0 6px; font-size: 16px; }
+p.lead, .muted { color: var(--muted); }
+nav a { margin-right: 14px; }
+.controls { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; margin: 14px 0;
+            padding: 10px 14px;
+            background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; }
+.controls label { white-space: nowrap; cursor: pointer; }
+.swatch { display: inline-block; width: 11px; height: 11px; border-radius: 50%; margin: 0 4px 0 2px;
+          vertical-align: -1px; }
+details.legend { margin: 8px 0 4px; } details.legend ul { margin: 6px 0; padding-left: 20px; }
+.table-wrap { overflow-x: auto; }
+table.board { border-collapse: collapse; margin: 6px 0 4px; font-variant-numeric: tabular-nums;
+              font-size: 13px; }
+table.board th, table.board td { padding: 5px 8px; border-bottom: 1px solid var(--line); text-align: right;
+                                 vertical-align: top; }
+table.board th { background: #f0f1f4; position: sticky; top: 0; cursor: pointer; user-select: none;
+                 vertical-align: bottom; }
+table.board th:hover { background: #e4e6eb; }
+table.board th[aria-sort=ascending]::after { content: " ▲"; font-size: 10px; }
+table.board th[aria-sort=descending]::after { content: " ▼"; font-size: 10px; }
+table.board td.text, table.board th.text { text-align: left; }
+table.board tbody tr:nth-child(even) { background: #fafafa; }
+td .m { display: block; white-space: nowrap; } td .ci { display: block; font-size: 11px; color: var(--muted);
+        white-space: nowrap; }
+td.best { background: var(--best); font-weight: 600; }
+tr.kind-reference td { color: #555; font-style: italic; }
+tr.status-failed td, tr.status-not_applicable td, tr.status-running td { color: #8a1f11; }
+.badge { display: inline-block; font-size: 10.5px; font-style: normal; padding: 0 6px; border-radius: 9px;
+         margin-left: 4px; border: 1px solid currentColor; vertical-align: 1px; }
+.badge.reference { color: #555; } .badge.external { color: #1f5f8a; } .badge.failed { color: #a32; }
+.badge.published { color: #6b4e00; } .badge.unofficial { color: #8a5a00; }
+table.board td.reason { text-align: left; white-space: normal; font-size: 12.5px; }
+.name { white-space: nowrap; }
+.plots { display: flex; flex-wrap: wrap; gap: 12px 20px; align-items: flex-start; }
+.plots svg { background: #fff; border: 1px solid #eee; border-radius: 4px; }
+.note { font-size: 12px; color: var(--muted); margin: 2px 0 8px; }
+.filtered { display: none !important; }
+section.published { border-left: 4px solid #e8d9a8; padding-left: 12px; }
+"""
+
+_JS = """
+(function () {
+  function cellValue(row, key) {
+    var cell = row.querySelector('td[data-col="' + key + '"]');
+    return cell ? cell.getAttribute('data-v') : null;
+  }
+  function sortTable(table, th) {
+    var key = th.getAttribute('data-col');
+    var current = th.getAttribute('aria-sort');
+    var numeric = th.getAttribute('data-type') === 'num';
+    var ascending;
+    if (current === 'ascending') { ascending = false; }
+    else if (current === 'descending') { ascending = true; }
+    else { ascending = numeric ? th.getAttribute('data-dir') === 'min' : true; }
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (other) {
+      other.removeAttribute('aria-sort');
+    });
+    th.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.forEach(function (row, i) { row.setAttribute('data-i', i); });
+    rows.sort(function (a, b) {
+      var x = cellValue(a, key), y = cellValue(b, key), order = 0;
+      if (numeric) {
+        var fx = (x === null || x === '') ? NaN : parseFloat(x);
+        var fy = (y === null || y === '') ? NaN : parseFloat(y);
+        if (isNaN(fx) && !isNaN(fy)) { return 1; }
+        if (!isNaN(fx) && isNaN(fy)) { return -1; }
+        if (!isNaN(fx) && !isNaN(fy)) { order = ascending ? fx - fy : fy - fx; }
+      } else {
+        order = (x || '').localeCompare(y || '', undefined, {numeric: true});
+        if (!ascending) { order = -order; }
+      }
+      return order || (parseInt(a.getAttribute('data-i'), 10) - parseInt(b.getAttribute('data-i'), 10));
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('table.sortable'), function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) {
+      th.tabIndex = 0;
+      th.addEventListener('click', function () { sortTable(table, th); });
+      th.addEventListener('keydown', function (e) {
+        if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sortTable(table, th); }
+      });
+    });
+  });
+  function applyFilter() {
+    var hidden = {};
+    Array.prototype.forEach.call(document.querySelectorAll('input.family-filter'), function (box) {
+      if (!box.checked) { hidden[box.value] = true; }
+    });
+    Array.prototype.forEach.call(document.querySelectorAll('[data-family]'), function (el) {
+      el.classList.toggle('filtered', hidden[el.getAttribute('data-family')] === true);
+    });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll('input.family-filter'), function (box) {
+    box.addEventListener('change', applyFilter);
+  });
+  applyFilter();
+})();
+"""
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else repr(float(x))
+
+
+def _td(key: str, value: str, content: str, *, cls: str = "", title: str = "") -> str:
+    """A cell: ``data-col`` names its column (the sort looks cells up by it), ``data-v`` is its sort value."""
+    attrs = f' data-col="{escape(key)}" data-v="{escape(value)}"'
+    if cls:
+        attrs += f' class="{cls}"'
+    if title:
+        attrs += f' title="{escape(title)}"'
+    return f"<td{attrs}>{content}</td>"
+
+
+def _metric_td(row: Row, name: str, best: bool, reported: bool = False) -> str:
+    summary = row.metrics.get(name)
+    if summary is None or summary.mean is None:
+        return _td(name, "", DASH)
+    main = escape(fmt_mean_std(summary, reported=reported))
+    if reported:
+        return _td(name, _num(summary.mean), f'<span class="m">{main}</span>')
+    values = ", ".join(fmt_value(v) for v in summary.values)
+    content = f'<span class="m">{main}</span><span class="ci">{escape(fmt_ci(summary))}</span>'
+    return _td(name, _num(summary.mean), content, cls="best" if best else "", title=f"per seed: {values}")
+
+
+def _th(key: str, label: str, *, numeric: bool, direction: str | None = None, title: str = "") -> str:
+    attrs = f' data-col="{escape(key)}"'
+    attrs += ' data-type="num"' if numeric else ' data-type="text" class="text"'
+    if direction:
+        attrs += f' data-dir="{direction}"'
+    if title:
+        attrs += f' title="{escape(title)}"'
+    return f"<th{attrs}>{escape(label).replace('_', '_<wbr>')}</th>"
+
+
+def _metric_headers(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
+    out = []
+    for name in columns:
+        summary = next(r.metrics[name] for r in rows if name in r.metrics)
+        label = f"{name} {arrow(summary.direction)}"
+        out.append(_th(name, label, numeric=True, direction=summary.direction, title=summary.description))
+    return out
+
+
+def _name_td(row: Row) -> str:
+    badges = ""
+    if row.kind in ("reference", "external"):
+        badges += f'<span class="badge {row.kind}">{row.kind}</span>'
+    if row.status != "complete":
+        badges += f'<span class="badge failed">{escape(row.status.replace("_", " "))}</span>'
+    return _td("model", row.name, f'<span class="name">{escape(row.name)}</span>{badges}', cls="text")
+
+
+def _protocol_td(row: Row) -> str:
+    badge = "" if row.official else '<span class="badge unofficial">not official</span>'
+    return _td("protocol", row.protocol, f"{escape(row.protocol)}{badge}", cls="text")
+
+
+def _own_table(dataset: str, rows: Sequence[Row]) -> str:
+    columns = metric_columns(rows)
+    best = best_per_column(rows, columns)
+    protocols = sorted({(r.protocol, bool(r.official)) for r in rows})
+    show_protocol = len(protocols) > 1  # one protocol: said once above the table instead of in every row
+    head = [
+        _th("model", "model", numeric=False),
+        _th("family", "family", numeric=False),
+        *([_th("protocol", "protocol", numeric=False)] if show_protocol else []),
+        _th("seeds", "seeds", numeric=True, direction="max"),
+        *_metric_headers(columns, rows),
+        _th("parameters", "params", numeric=True, direction="min", title="trainable parameters (mean)"),
+        _th("train_seconds", "train s", numeric=True, direction="min", title="training wall time, seconds"),
+        _th("samples_per_second", "samples/s", numeric=True, direction="max", title="structures per second"),
+    ]
+    body = []
+    for i, row in enumerate(rows):
+        cells = [
+            _name_td(row),
+            _td("family", row.family, escape(row.family), cls="text"),
+            *([_protocol_td(row)] if show_protocol else []),
+        ]
+        if row.status == "complete":
+            seeds = ", ".join(map(str, row.seeds))
+            cells.append(_td("seeds", str(len(row.seeds)), str(len(row.seeds)), title=f"seeds: {seeds}"))
+            cells += [_metric_td(row, m, i in best.get(m, set())) for m in columns]
+        else:  # the reason spans the metric columns, which a failed run has no values for
+            cells.append(_td("seeds", "", DASH))
+            reason = escape(truncate(row.reason or "no reason recorded", 400))
+            cells.append(
+                f'<td class="reason" colspan="{len(columns)}" title="{escape(row.reason or "")}">'
+                f"<b>{escape(row.status.replace('_', ' '))}</b>: {reason}</td>"
+            )
+        cells += [
+            _td("parameters", _num(row.cost.get("parameters")), fmt_params(row.cost.get("parameters"))),
+            _td(
+                "train_seconds",
+                _num(row.cost.get("train_seconds")),
+                fmt_seconds(row.cost.get("train_seconds")),
+            ),
+            _td(
+                "samples_per_second",
+                _num(row.cost.get("samples_per_second")),
+                fmt_rate(row.cost.get("samples_per_second")),
+            ),
+        ]
+        body.append(
+            f'<tr class="kind-{escape(row.kind)} status-{escape(row.status)}" '
+            f'data-family="{escape(row.family)}">{"".join(cells)}</tr>'
+        )
+    caption = ""
+    if not show_protocol:
+        label, official = protocols[0]
+        badge = "" if official else '<span class="badge unofficial">not official</span>'
+        caption = f'<p class="note">Split protocol: <b>{escape(label)}</b>{badge}</p>'
+    return (
+        f'{caption}<div class="table-wrap"><table class="board sortable" id="table-{escape(dataset)}">'
+        f"<thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+    )
+
+
+def _published_section(dataset: str, rows: Sequence[Row]) -> str:
+    meta = published_meta()
+    columns = metric_columns(rows)
+    head = [
+        _th("model", "model", numeric=False),
+        _th("family", "family", numeric=False),
+        *_metric_headers(columns, rows),
+    ]
+    body = []
+    for row in rows:
+        badge = '<span class="badge published">reported, not re-run</span>'
+        name = f'<span class="name">{escape(row.name)}</span>{badge}'
+        cells = [
+            _td("model", row.name, name, cls="text"),
+            _td("family", row.family, escape(row.family), cls="text"),
+            *[_metric_td(row, m, False, reported=True) for m in columns],
+        ]
+        body.append(f'<tr class="kind-published" data-family="{escape(row.family)}">{"".join(cells)}</tr>')
+    return (
+        f'<section class="published"><h3>{escape(dataset)}: reported, not re-run</h3>'
+        f'<p class="note">Copied from <a href="{escape(meta["url"])}">{escape(meta["citation"])}</a> '
+        f"{escape(meta['protocol_note'])} Not comparable with runs on other protocols.</p>"
+        f'<div class="table-wrap"><table class="board sortable published" id="published-{escape(dataset)}">'
+        f"<thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table></div></section>"
+    )
+
+
+def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row.protocol_id].append(row)
+    parts = []
+    for protocol_rows in by_protocol.values():
+        runs = [r for r in protocol_rows if r.is_rerun]
+        refs = [r for r in protocol_rows if r.kind == "reference" and r.status == "complete"]
+        if not runs:
+            continue
+        label = protocol_rows[0].protocol
+        points, missing = [], []
+        for r in runs:
+            q, x = quality(r), total_seconds(r)
+            if q is None or x is None or x <= 0:
+                missing.append(r.name)
+                continue
+            y_name = QUALITY_METRIC if QUALITY_METRIC in r.metrics else "valid"
+            points.append(
+                Point(
+                    r.name,
+                    r.family,
+                    x,
+                    q,
+                    f"{r.name} ({r.family}): {y_name} {q:.3f}, "
+                    f"train+sample {x:,.0f} s, {len(r.seeds)} seed(s)",
+                )
+            )
+        parts.append(
+            f'<h3>Plots <span class="muted">(protocol: {escape(label)})</span></h3><div class="plots">'
+        )
+        if points:
+            parts.append(
+                scatter_svg(
+                    points,
+                    colors,
+                    title="Quality versus cost",
+                    x_label="train + sample seconds (log scale)",
+                    y_label="valid·unique·novel rate (else valid)",
+                )
+            )
+        parts.append("</div>")
+        if missing:
+            parts.append(
+                f'<p class="note">Not in the quality-versus-cost plot (no quality or no recorded cost): '
+                f"{escape(', '.join(missing))}.</p>"
+            )
+        parts.append('<div class="plots">')
+        ordered = sorted(runs, key=lambda r: (r.family, r.name.lower()))
+        for name in metric_columns(runs):
+            bars = []
+            for r in ordered:
+                s = r.metrics.get(name)
+                if s is None or s.mean is None:
+                    continue
+                low, high = s.ci if s.ci is not None else (None, None)
+                ci_text = f" [{fmt_value(low)}, {fmt_value(high)}]" if s.ci else " (1 seed, no CI)"
+                bars.append(Bar(r.name, r.family, s.mean, low, high, f"{r.name}: {fmt_mean_std(s)}{ci_text}"))
+            if not bars:
+                continue
+            ref_lines = [
+                (r.name, r.metrics[name].mean)
+                for r in refs
+                if name in r.metrics and r.metrics[name].mean is not None
+            ]
+            direction, description = next(
+                (r.metrics[name].direction, r.metrics[name].description) for r in runs if name in r.metrics
+            )
+            parts.append(bars_svg(name, direction, bars, colors, refs=ref_lines, description=description))
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _legend() -> str:
+    meta = published_meta()
+    items = [
+        "Cells: mean ± sample standard deviation over seeds; below it the 95% percentile-bootstrap "
+        "confidence interval of the mean (2,000 resamples). One seed: no spread, "
+        "<i>CI n/a (1 seed)</i>.",
+        "↑ higher is better, ↓ lower is better. Highlighted: best in its column among this project's "
+        "complete runs on the same split protocol (references and published numbers never are).",
+        "<code>vun_rate</code> = valid × unique × novel per seed; unique and novel are fractions of the "
+        "valid structures. It is the y axis of the quality-versus-cost plot (<code>valid</code> where it is "
+        "missing).",
+        "Click a column header to sort (first click: best first; again: reverse). Untick a family to "
+        "hide its rows and plot marks.",
+        "<i>reference</i> rows are baselines scored by the same metric suite; <i>external</i> rows are "
+        "someone "
+        "else's samples scored here. Failed or not-applicable runs stay on the board with their reason.",
+        f"<i>Reported, not re-run</i>: numbers copied from {escape(meta['short_citation'])}, "
+        "on their protocol "
+        f"({escape(meta['protocol'])}).",
+    ]
+    return (
+        '<details class="legend" open><summary>How to read this page</summary><ul>'
+        + "".join(f"<li>{item}</li>" for item in items)
+        + "</ul></details>"
+    )
+
+
+def render_html(board: Board, *, title: str = "matgenbench leaderboard") -> str:
+    """Render a :class:`Board` as one self-contained HTML page (inline CSS, JS and SVG; no network)."""
+    colors = family_colors(r.family for r in board.rows)
+    datasets = board.datasets()
+    filters = "".join(
+        f'<label><input type="checkbox" class="family-filter" value="{escape(fam)}" checked>'
+        f'<span class="swatch" style="background:{colors[fam]}"></span>{escape(fam)}</label>'
+        for fam in sorted(colors)
+    )
+    nav = "".join(f'<a href="#ds-{escape(d)}">{escape(d)}</a>' for d in datasets)
+    sections = []
+    for dataset in datasets:
+        own, published = board.own_rows(dataset), board.published_rows(dataset)
+        parts = [f'<section class="dataset" id="ds-{escape(dataset)}"><h2>{escape(dataset)}</h2>']
+        if own:
+            parts.append(_own_table(dataset, own))
+            parts.append(_plots(own, colors))
+        else:
+            parts.append('<p class="muted">No runs of this project on this dataset yet.</p>')
+        if published:
+            parts.append(_published_section(dataset, published))
+        parts.append("</section>")
+        sections.append("".join(parts))
+    excluded = ""
+    if board.excluded:
+        items = "".join(
+            f"<li><code>{escape(e.path)}</code>: {escape(truncate('; '.join(e.problems), 300))}</li>"
+            for e in board.excluded
+        )
+        excluded = (
+            f'<section id="excluded"><h2>Records left out</h2><p>{len(board.excluded)} file(s) under '
+            f"<code>leaderboard/results/</code> are not on the board:</p><ul>{items}</ul></section>"
+        )
+    empty = (
+        ""
+        if board.n_records
+        else '<p class="muted">No result records yet: run <code>matgenbench run</code>.</p>'
+    )
+    n = board.n_records
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>{escape(title)}</h1>"
+        '<p class="lead">Generative models of crystals trained and scored the same way. '
+        f"Built from {n} result "
+        f"record{'s' if n != 1 else ''}, each validated against <code>record.schema.json</code>.</p>"
+        f"<nav>{nav}</nav></header>"
+        f'<div class="controls"><b>Families</b>{filters}</div>{_legend()}{empty}'
+        f"{''.join(sections)}{excluded}<script>{_JS}</script></body></html>\n"
+    )
