@@ -1,7 +1,7 @@
 """The ``matgenbench`` command.
 
-``matgenbench train|sample|evaluate|run [-m] [OVERRIDES...]`` hands everything after the subcommand to Hydra, so
-``matgenbench run -m model=vae,ddpm seed=0,1,2`` sweeps. ``matgenbench datasets list|fetch|verify`` and
+``matgenbench train|sample|evaluate|run [-m] [OVERRIDES...]`` hands everything after the subcommand to Hydra,
+so ``matgenbench run -m model=vae,ddpm seed=0,1,2`` sweeps. ``matgenbench datasets list|fetch|verify`` and
 ``matgenbench leaderboard build`` are plain commands.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,13 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
   matgenbench run -m model=vae,wgan_gp,ddpm,realnvp seed=0,1,2
+  matgenbench run -m hydra/launcher=joblib model=vae,ddpm seed=0,1   (parallel; README: Sweeps and clusters)
   matgenbench evaluate samples=my_samples.csv dataset=carbon_24 dataset.train_split=val
 """
 
 _COMMAND = "run"
+_COMMAND_ENV = "MATGENBENCH_COMMAND"
+_USER_ERROR: str | None = None
 
 
 def _is_multirun() -> bool:
@@ -60,35 +64,108 @@ def _regenerate_board(cfg: Any) -> None:
 
 
 def _job(cfg: Any) -> Any:
-    """One Hydra job: dispatch to the stage function; in a sweep a failing cell is logged and the sweep goes on."""
+    """One Hydra job: run the stage; in a sweep, skip a finished cell; a failed cell never stops the rest.
+
+    A single run that fails on a user error (unreadable samples, missing data, a diverged loss...) leaves a
+    one-line message for :func:`main` instead of a traceback; other errors propagate to Hydra.
+    """
+    global _USER_ERROR
     from bench.runtime import set_threads
 
-    set_threads(cfg.threads)
+    set_threads(cfg.threads)  # before the stage imports torch: OMP/MKL read their thread count once
+    if _is_multirun():
+        return _sweep_cell(cfg)
     try:
-        if _COMMAND == "train":
-            summary = _call("train", cfg)
+        return _stage(cfg)
+    except Exception as err:
+        message = _user_error(err)
+        if message is None:
+            raise
+        _USER_ERROR = message
+        return None
+
+
+def _stage(cfg: Any) -> Any:
+    """Run ``_COMMAND`` on ``cfg`` and print its outcome (from the rank-zero process only)."""
+    if _COMMAND == "train":
+        summary = _call("train", cfg)
+        if summary.get("global_zero", True):
             print(f"trained {summary['steps']} steps in {summary['train_seconds']:.1f} s; "
                   f"checkpoint: {summary['checkpoint']}")
-            return summary
-        if _COMMAND == "sample":
-            summary = _call("sample", cfg)
-            print(summary["path"])
-            return summary
-        record, path = _call(_COMMAND, cfg)
-        from bench.evaluate import metrics_table
+        return summary
+    if _COMMAND == "sample":
+        summary = _call("sample", cfg)
+        print(summary["path"])
+        return summary
+    record, path = _call(_COMMAND, cfg)
+    if record is None:  # a data-parallel process other than rank zero: rank zero evaluates and reports
+        return None
+    from bench.evaluate import metrics_table
 
-        print(metrics_table(record))
-        _regenerate_board(cfg)
-        if path is not None:
-            print(path)
-        return str(path)
+    print(metrics_table(record))
+    _regenerate_board(cfg)
+    if path is not None:
+        print(path)
+    return str(path)
+
+
+def _sweep_cell(cfg: Any) -> Any:
+    """One cell of a sweep: skipped when its ``complete`` record exists (unless ``force``), run in its own run
+    directory, its outcome left in ``cell.json`` for the end-of-sweep summary; a failure never raises."""
+    import time
+
+    from bench.runtime import env_rank
+    from bench.sweep import cell_run_dir, find_record, write_cell_status
+
+    started = time.time()
+    if env_rank() != 0:  # an extra data-parallel process of this cell (e.g. SLURM tasks): rank zero reports
+        return _stage(cfg)
+    if _COMMAND in ("run", "evaluate") and not cfg.get("force", False):
+        done = find_record(cfg)
+        if done is not None:
+            log.info("cell already complete, skipped (force=true re-runs it): %s", done)
+            print(f"skipped, already complete: {done}")
+            write_cell_status("skipped", reason="a complete record with this config hash exists", record=done,
+                              started=started)
+            return str(done)
+    if _COMMAND == "run":
+        cfg.paths.run_dir = cell_run_dir(cfg)
+    try:
+        result = _stage(cfg)
     except Exception as err:
-        if _is_multirun():
-            log.error("cell failed (%s: %s); the sweep goes on", type(err).__name__, err)
-            if _COMMAND == "run":
-                _regenerate_board(cfg)
-            return None
-        raise
+        reason = f"{type(err).__name__}: {err}"
+        failed = find_record(cfg, ("failed",)) if _COMMAND in ("run", "evaluate") else None
+        if failed is not None and failed.stat().st_mtime < started:
+            failed = None  # an older attempt's record: this failure happened before a record was written
+        if failed is not None:
+            from bench.io_utils import read_json
+
+            reason = read_json(failed).get("reason") or reason
+        log.error("cell failed (%s); the sweep goes on", reason)
+        write_cell_status("failed", reason=reason, record=failed, started=started)
+        if _COMMAND == "run":
+            _regenerate_board(cfg)
+        return None
+    record = result if isinstance(result, str) else None
+    write_cell_status("complete", record=record, started=started)
+    return result
+
+
+def _user_error(err: BaseException) -> str | None:
+    """The one-line message for an error the user can fix from the command line, else None."""
+    from bench.datasets import ChecksumMismatchError, DatasetUnavailableError
+    from bench.structures_io import SampleFileError
+
+    user_errors: tuple[type[BaseException], ...] = (
+        SampleFileError, DatasetUnavailableError, ChecksumMismatchError, FileNotFoundError,
+    )
+    if "torch" in sys.modules:  # only a stage that imported torch can have raised it
+        from bench.models.base import NonFiniteLossError
+
+        user_errors = (*user_errors, NonFiniteLossError)
+    if isinstance(err, user_errors):
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def _call(name: str, cfg: Any) -> Any:
@@ -109,11 +186,37 @@ def _call(name: str, cfg: Any) -> Any:
     return run(cfg)
 
 
-def _hydra_main(argv: list[str]) -> None:
+def _hydra_main(argv: list[str]) -> int:
+    """Run ``_COMMAND`` through Hydra; return the exit status (1 when a run or any cell of a sweep failed)."""
+    import warnings
+
     import hydra
 
-    sys.argv = [f"matgenbench {_COMMAND}", *argv]
+    from bench.overrides import check_overrides
+    from bench.sweep import last_summary
+
+    global _USER_ERROR
+    # conf/hydra/launcher/submitit_slurm.yaml sets our defaults on the plugin's schema of the same name
+    warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema",
+                            category=UserWarning)
+    problem = check_overrides(argv)
+    if problem:
+        print(f"matgenbench {_COMMAND}: {problem}", file=sys.stderr)
+        return 2
+    # Lightning's `ddp` strategy starts the other processes by re-running this program with the same arguments
+    # (and LOCAL_RANK set); they read the subcommand from here because Hydra must see only overrides in argv.
+    os.environ[_COMMAND_ENV] = _COMMAND
+    sys.argv = [sys.argv[0], *argv]
+    _USER_ERROR = None
     hydra.main(config_path="pkg://bench.conf", config_name="config", version_base="1.3")(_job)()
+    if _USER_ERROR is not None:
+        print(f"matgenbench {_COMMAND}: {_USER_ERROR}", file=sys.stderr)
+        return 1
+    summary = last_summary()
+    if summary is not None:
+        print("\n".join(summary.lines()))
+        return 0 if summary.ok else 1
+    return 0
 
 
 def _datasets_main(argv: list[str]) -> int:
@@ -186,10 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command not in HYDRA_COMMANDS and "LOCAL_RANK" in os.environ \
+            and os.environ.get(_COMMAND_ENV) in HYDRA_COMMANDS:  # a DDP process started by Lightning
+        command, rest = os.environ[_COMMAND_ENV], argv
     if command in HYDRA_COMMANDS:
         _COMMAND = command
-        _hydra_main(rest)
-        return 0
+        return _hydra_main(rest)
     if command == "datasets":
         return _datasets_main(rest)
     if command == "leaderboard":

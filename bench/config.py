@@ -15,9 +15,11 @@ __all__ = ["CONFIG_MODULE", "compose", "config_hash", "resolved", "cache_dir", "
 
 CONFIG_MODULE = "bench.conf"
 
-# Keys that say where files go or how progress is shown, not what is computed: left out of the config hash so the
-# same experiment run from two directories (or two machines) is recognised as the same cell.
-_HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra")
+# Keys that say where files go or how progress is shown, not what is computed: left out of the config hash so
+# the same experiment run from two directories (or two machines) is recognised as the same cell. `force`
+# re-runs a sweep cell; the checkpoint keys say how training is checkpointed or resumed, not what it computes.
+_HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra", "force")
+_HASH_EXCLUDE_NESTED = (("train", "ckpt_path"), ("train", "ckpt_every_n_steps"))
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -47,8 +49,12 @@ def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go keys (paths, logger, threads)."""
+    """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go keys (paths, logger,
+    threads, record, force, train.ckpt_path, train.ckpt_every_n_steps)."""
     data = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
+    for parent, key in _HASH_EXCLUDE_NESTED:
+        if isinstance(data.get(parent), dict):
+            data[parent] = {k: v for k, v in data[parent].items() if k != key}
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.config import as_path, cache_dir
 
-__all__ = ["set_threads", "seed_everything", "load_dataset_split", "split_info"]
+__all__ = ["set_threads", "seed_everything", "load_dataset_split", "split_info", "env_rank"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,22 @@ def set_threads(n: int | None) -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(int(n))
+
+
+def env_rank() -> int:
+    """This process's global rank as its launcher announced it (``RANK``, ``SLURM_PROCID``, ``LOCAL_RANK``).
+
+    0 when none is set. Known before Lightning sets up its process group, so files that only one process may
+    write are guarded even before training starts (the variables, in order, of Lightning's rank-zero guard).
+    """
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                continue
+    return 0
 
 
 def seed_everything(seed: int) -> None:

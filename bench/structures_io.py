@@ -145,7 +145,7 @@ def read_samples(path: str | Path) -> SampleSet:
     """
     path = Path(path)
     if not path.exists():
-        raise SampleFileError(f"samples not found: {path} (pass evaluate.samples=PATH to a CSV, CIF folder or JSON)")
+        raise SampleFileError(f"samples not found: {path} (pass samples=PATH: a CSV, CIF folder or JSON)")
     if path.is_dir():
         sample_set = _read_cif_folder(path)
     elif path.suffix.lower() == ".csv":

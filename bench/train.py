@@ -1,5 +1,5 @@
-"""The train stage: fit the codec on the training split, train the model with Lightning, save everything to the run
-directory (checkpoint, codec state, resolved config, a training summary)."""
+"""The train stage: fit the codec on the training split, train the model with Lightning, save everything to
+the run directory (checkpoint, codec state, resolved config, a training summary)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.config import config_hash, resolved
 from bench.io_utils import atomic_write_json, atomic_write_text
 from bench.records import peak_memory_mb
-from bench.runtime import load_dataset_split, seed_everything, set_threads
+from bench.runtime import env_rank, load_dataset_split, seed_everything, set_threads
 
 __all__ = ["train", "build_module", "load_trained", "DictDataset"]
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class DictDataset:
-    """A map-style dataset over a dict of equally long tensors (the codec's batch); items are dicts of rows."""
+    """A map-style dataset over a dict of equally long tensors (the codec's batch); items are row dicts."""
 
     def __init__(self, batch: dict[str, Any]) -> None:
         lengths = {k: len(v) for k, v in batch.items()}
@@ -82,13 +82,16 @@ def _loader(dataset: DictDataset, batch_size: int, shuffle: bool, seed: int, num
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset.train_split`` and return the training summary.
 
-    Writes into ``cfg.paths.run_dir``: ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved) and
-    ``train_summary.json``.
+    Writes into ``cfg.paths.run_dir``: ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved)
+    and ``train_summary.json``. With several processes (``trainer=ddp``) every process trains, the rank-zero
+    process alone writes files, and the summary says ``global_zero`` so callers can tell them apart.
+
+    Raises:
+        bench.models.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
     """
     set_threads(cfg.threads)
     import pytorch_lightning as pl
     import torch
-    from hydra.utils import instantiate
 
     from bench.datasets.codec import CrystalCodec
 
@@ -99,7 +102,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
-    log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split, len(train_split.structures))
+    log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split,
+             len(train_split.structures))
     codec = CrystalCodec(int(cfg.dataset.max_atoms)).fit(train_split.structures)
     train_loader = _loader(
         DictDataset(codec.encode(train_split.structures)),
@@ -109,16 +113,23 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     val_name = cfg.dataset.get("val_split")
     if val_name:
         val_split = load_dataset_split(cfg, val_name, limit=cfg.dataset.get("limit_eval"))
-        val_loader = _loader(
-            DictDataset(codec.encode(val_split.structures)), int(cfg.train.batch_size), False, 0, 0
-        )
+        usable = [s for s in val_split.structures if codec.can_encode(s)]
+        if len(usable) < len(val_split.structures):
+            log.warning(
+                "validation split %s: %d of %d structures left out of val/loss (elements unseen in training "
+                "or more than max_atoms sites)", val_name, len(val_split.structures) - len(usable),
+                len(val_split.structures),
+            )
+        if usable:
+            val_loader = _loader(DictDataset(codec.encode(usable)), int(cfg.train.batch_size), False, 0, 0)
 
     module = build_module(cfg.model, codec.num_types, codec.max_atoms)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("%s: %s parameters", cfg.model.name, f"{n_params:,}")
 
-    atomic_write_json(run_dir / "codec.json", codec.state_dict())
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
+    if env_rank() == 0:  # the other data-parallel processes fit the same codec; one writes it
+        atomic_write_json(run_dir / "codec.json", codec.state_dict())
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
 
     history = _LossHistory()
     ckpt_dir = run_dir / "checkpoints"
@@ -126,9 +137,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=1,
         every_n_train_steps=int(cfg.train.get("ckpt_every_n_steps", 200)),
     )
-    logger = instantiate(cfg.logger) if cfg.get("logger") and "_target_" in cfg.logger else False
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    logger = _build_logger(cfg)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_kwargs = {k: v for k, v in trainer_cfg.items() if v is not None}
     trainer_kwargs.pop("_target_", None)
+    _check_strategy(trainer_kwargs)
     if val_loader is None:
         trainer_kwargs.pop("check_val_every_n_epoch", None)
         trainer_kwargs["limit_val_batches"] = 0
@@ -142,10 +155,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(last) if last.exists() else None
         if ckpt_path is None:
             log.warning("train.ckpt_path=last but %s does not exist: training from scratch", last)
+        else:
+            log.info("resuming from %s", last)
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    try:
+        # Resuming goes through Lightning's own loader (model, optimiser, loop and callback state). Lightning
+        # 2.6 hands weights_only to torch.load (None means torch's default, True since torch 2.6); asking for
+        # True keeps the guarantee whatever the default: our checkpoints hold only tensors and plain values
+        # (GenerativeModule._save_plain_hparams), so no code runs from a checkpoint file.
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
+                    weights_only=True)
+    except Exception as err:
+        from bench.models.base import NonFiniteLossError
+
+        if isinstance(err, NonFiniteLossError):
+            log.error("training stopped: %s", err)
+        raise
     train_seconds = time.perf_counter() - start
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    # The full state (optimiser, loops) so that train.ckpt_path=last can resume; `weights_only` here says what
+    # is saved, not how it is loaded. A collective under DDP: every process calls it, rank zero writes.
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
 
     losses = history.losses
     window = max(1, min(20, len(losses) // 5))
@@ -167,10 +196,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "loss_last": float(sum(losses[-window:]) / window) if losses else math.nan,
         "parameters": int(n_params),
         "peak_memory_mb": peak_memory_mb(),
-        "gpu_peak_memory_mb": (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None,
+        "gpu_peak_memory_mb": (
+            torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        ),
         "config_hash": config_hash(cfg),
         "checkpoint": str(ckpt_dir / "last.ckpt"),
+        "resumed_from": ckpt_path,
+        "world_size": int(trainer.world_size),
+        "global_zero": bool(trainer.is_global_zero),
     }
+    if not trainer.is_global_zero:
+        return summary
     atomic_write_json(run_dir / "train_summary.json", summary)
     log.info(
         "trained %d steps in %.1f s; train/loss %.4g -> %.4g",
@@ -179,11 +215,58 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
+def _build_logger(cfg: DictConfig) -> Any:
+    """The Lightning logger of ``cfg.logger`` (False for ``logger=none``); wandb stays offline if asked."""
+    import os
+
+    from hydra.utils import instantiate
+
+    if not cfg.get("logger") or "_target_" not in cfg.logger:
+        return False
+    if str(cfg.logger._target_).endswith("WandbLogger") and cfg.logger.get("offline", False):
+        # With an API key configured but no network, wandb.init waits on the server for minutes; offline mode
+        # never contacts it (upload later with `wandb sync <run_dir>/wandb/offline-run-*`).
+        os.environ["WANDB_MODE"] = "offline"
+    return instantiate(cfg.logger)
+
+
+def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse the one combination that cannot work: Lightning's ``ddp`` re-launch inside a Hydra sweep.
+
+    ``strategy=ddp`` starts the extra processes by re-running the command line, and in a sweep (``-m``) that
+    command is the whole sweep. Under a cluster launcher (SLURM, torchrun) the processes already exist and
+    nothing is re-launched.
+    """
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    strategy = str(trainer_kwargs.get("strategy", ""))
+    relaunches = strategy.startswith("ddp") and not any(k in strategy for k in ("spawn", "fork", "notebook"))
+    devices = trainer_kwargs.get("devices", 1)
+    several = devices in (-1, "auto") or isinstance(devices, list) or (type(devices) is int and devices > 1)
+    cluster = "SLURM_NTASKS" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if not relaunches or not several or cluster:
+        return
+    try:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return
+    if multirun:
+        raise ValueError(
+            f"trainer.strategy={strategy} re-launches the command line for its extra processes, which in a "
+            "sweep (-m) would re-run the whole sweep: run the cell alone, or give each cell its own "
+            "processes (hydra/launcher=submitit_slurm hydra.launcher.tasks_per_node=<devices>)"
+        )
+
+
 def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
     """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
 
-    The weights are loaded with ``weights_only=True`` (no code runs from the checkpoint). ``model_cfg`` may replace
-    the saved ``model`` node's sampler (e.g. ``sampler=ddim`` at sample time); widths always come from the saved run.
+    The weights are loaded with ``weights_only=True`` (no code runs from the checkpoint). ``model_cfg`` may
+    replace the saved ``model`` node's sampler (e.g. ``sampler=ddim`` at sample time); widths always come from
+    the saved run.
     """
     import torch
 
@@ -195,7 +278,8 @@ def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tu
     if missing:
         raise FileNotFoundError(
             f"run directory {run_dir} is incomplete (missing {', '.join(str(m) for m in missing)}): "
-            "train first with the same overrides (matgenbench train ...), or point paths.run_dir at a trained run"
+            "train first with the same overrides (matgenbench train ...), or point paths.run_dir at a "
+            "trained run"
         )
     saved = OmegaConf.load(run_dir / "config.yaml")
     codec = CrystalCodec.from_state(json.loads((run_dir / "codec.json").read_text()))

@@ -124,6 +124,12 @@ class CrystalCodec:
             raise RuntimeError("the codec is not fitted: call fit(train_structures) or build it with from_state")
 
     # ------------------------------------------------------------------ encode
+    def can_encode(self, structure: Structure) -> bool:
+        """Whether ``structure`` fits the slots and uses only the codec's elements."""
+        self._require_fitted()
+        known = set(self.elements)
+        return len(structure) <= self.max_atoms and all(site.specie.symbol in known for site in structure)
+
     def encode(self, structures: Sequence[Structure]) -> dict[str, Any]:
         """Encode structures into a batch of float32 tensors (see the module docstring for the layout).
 

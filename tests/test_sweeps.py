@@ -1,0 +1,132 @@
+"""Idempotent sweeps: done cells are skipped, a failing cell never stops the rest, a killed sweep resumes.
+
+The sweeps run through the real command line (``matgenbench run -m``) with the in-process (basic) launcher on
+the tiny dataset, so the exit status and the end-of-sweep summary are the ones a user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.sweep import CELL_FILE, LAUNCHER_PLUGINS, SweepSummary, launcher_problem, summarize
+
+SHRINK = [
+    "dataset=tiny", "model=vae", "logger=none", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
+    "train.batch_size=8", "sample.num_samples=4", "record.regenerate_board=false",
+    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2",
+    "metrics.names=[struct_valid,unique]",
+]
+
+
+def _sweep(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MATGENBENCH_OUTPUT_DIR": str(tmp_path / "outputs"),
+           "MATGENBENCH_RESULTS_DIR": str(tmp_path / "results")}
+    command = [sys.executable, "-m", "bench.cli", "run", "-m", *SHRINK, f"hydra.sweep.dir={tmp_path / name}"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, cwd=tmp_path, env=env,
+                          timeout=600)
+
+
+def _cells(sweep_dir: Path) -> dict[str, dict]:
+    """cell.json of every job, keyed by its dataset.max_atoms override."""
+    out = {}
+    for path in sweep_dir.glob(f"*/{CELL_FILE}"):
+        cell = json.loads(path.read_text())
+        key = next(o.split("=")[1] for o in cell["overrides"] if o.startswith("dataset.max_atoms="))
+        out[key] = cell
+    return out
+
+
+def _records(results: Path) -> dict[str, tuple[Path, dict]]:
+    """Result records keyed by the dataset.max_atoms of their config."""
+    out = {}
+    for path in (results / "tiny").glob("*.json"):
+        data = json.loads(path.read_text())
+        out[str(data["config"]["dataset"]["max_atoms"])] = (path, data)
+    return out
+
+
+def test_killed_sweep_resumes_skipping_done_cells_and_a_failure_does_not_stop_it(tmp_path: Path) -> None:
+    results = tmp_path / "results" / "tiny"
+    # 1. a three-cell sweep, killed (SIGKILL, the whole process group) once its first cell has a record
+    env = {**os.environ, "MATGENBENCH_OUTPUT_DIR": str(tmp_path / "outputs"),
+           "MATGENBENCH_RESULTS_DIR": str(tmp_path / "results")}
+    command = [sys.executable, "-m", "bench.cli", "run", "-m", *SHRINK,
+               f"hydra.sweep.dir={tmp_path / 'killed'}", "dataset.max_atoms=8,9,10"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(results.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    done = _records(tmp_path / "results")
+    assert 1 <= len(done) < 3 and all(r[1]["status"] == "complete" for r in done.values())
+    mtimes = {key: path.stat().st_mtime_ns for key, (path, _) in done.items()}
+
+    # 2. the same cells plus one that fails (max_atoms=2 cannot hold tiny's 8-atom cells): the finished cells
+    # are skipped, the missing ones run, the failure is recorded, reported, and does not stop the others
+    second = _sweep(tmp_path, "second", "dataset.max_atoms=2,8,9,10")
+    assert second.returncode == 1, second.stderr[-3000:]
+    cells = _cells(tmp_path / "second")
+    expected = {"2": "failed", **{k: "skipped" if k in done else "complete" for k in ("8", "9", "10")}}
+    assert {k: c["status"] for k, c in cells.items()} == expected
+    assert "1 of 4 cells failed" in second.stdout
+    assert "dataset.max_atoms=2: train: ValueError" in second.stdout
+    assert f"{3 - len(done)} complete, {len(done)} skipped (already complete), 1 failed" in second.stdout
+    assert {k: done[k][0].stat().st_mtime_ns for k in done} == mtimes  # finished cells did not run again
+    records = _records(tmp_path / "results")
+    assert {k: r[1]["status"] for k, r in records.items()} == {
+        "2": "failed", "8": "complete", "9": "complete", "10": "complete"}
+    assert "max_atoms" in records["2"][1]["reason"] and "max_atoms" in cells["2"]["reason"]
+    # each cell trained in its own run directory, named with the hash its record carries
+    for key in ("8", "9", "10"):
+        run_dir = Path(records[key][1]["config"]["paths"]["run_dir"])
+        assert run_dir.name.endswith(records[key][1]["config_hash"][:8]) and (run_dir / "codec.json").exists()
+
+    # 3. force=true re-runs a finished cell; a sweep without failures exits 0
+    kept = records["8"][0]
+    before = kept.stat().st_mtime_ns
+    third = _sweep(tmp_path, "third", "dataset.max_atoms=8", "force=true")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert kept.stat().st_mtime_ns != before and _cells(tmp_path / "third")["8"]["status"] == "complete"
+
+
+def test_summary_counts_and_names_failures(tmp_path: Path) -> None:
+    def cell(job: int, status: str, reason: str | None = None) -> None:
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        overrides = ["model=vae", f"seed={job}"]
+        (folder / CELL_FILE).write_text(json.dumps({"status": status, "reason": reason, "job": job,
+                                                    "overrides": overrides}))
+
+    cell(0, "complete")
+    cell(1, "skipped")
+    cell(2, "failed", "train: NonFiniteLossError: non-finite loss at step 7")
+    (tmp_path / "3" / ".hydra").mkdir(parents=True)  # started, never reported (killed)
+    summary = summarize(tmp_path)
+    assert isinstance(summary, SweepSummary) and not summary.ok
+    assert (summary.total, summary.count("complete"), summary.count("skipped")) == (4, 1, 1)
+    text = "\n".join(summary.lines())
+    assert "2 of 4 cells failed" in text
+    # the overrides every cell shares are left out of the failure lines
+    assert "#2 seed=2: train: NonFiniteLossError: non-finite loss at step 7" in text
+    assert "3: no cell.json" in text
+
+
+def test_missing_launcher_plugin_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(LAUNCHER_PLUGINS, "joblib", ("hydra_plugins.no_such_launcher_plugin", "joblib"))
+    message = launcher_problem(["model=vae", "hydra/launcher=joblib"])
+    assert message is not None and "\n" not in message
+    assert "hydra/launcher=joblib" in message and "pip install 'matgenbench[joblib]'" in message
+    assert launcher_problem(["hydra/launcher=basic"]) is None
