@@ -23,10 +23,11 @@ from .loading import (
     split_protocol,
     split_protocol_id,
 )
-from .registry import REGISTRY, DatasetSpec, SplitFile, dataset_names, get_spec
+from .registry import REGISTRY, DatasetSpec, SplitFile, UnknownDatasetError, dataset_names, get_spec
 from .tiny import tiny_structures
 
 __all__ = [
+    "UnknownDatasetError",
     "REGISTRY",
     "ChecksumMismatchError",
     "DatasetSpec",

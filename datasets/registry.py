@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "UnknownDatasetError",
     "CDVAE_COMMIT",
     "DIFFCSP_COMMIT",
     "REGISTRY",
@@ -274,6 +275,10 @@ def dataset_names() -> list[str]:
     return list(REGISTRY)
 
 
+class UnknownDatasetError(ValueError):
+    """A dataset name that is not in the registry; the message lists the valid names."""
+
+
 def get_spec(name: str) -> DatasetSpec:
     """Look a dataset up by name.
 
@@ -284,9 +289,9 @@ def get_spec(name: str) -> DatasetSpec:
         The dataset's spec.
 
     Raises:
-        ValueError: if ``name`` is not registered; the message lists the valid names.
+        UnknownDatasetError: if ``name`` is not registered; the message lists the valid names.
     """
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(REGISTRY)}") from None
+        raise UnknownDatasetError(f"unknown dataset {name!r}; valid choices: {', '.join(REGISTRY)}") from None
