@@ -27,6 +27,9 @@ __all__ = ["CrystalCodec", "DecodeFailure", "FIELDS"]
 
 FIELDS = ("atom_types", "frac_coords", "lattice")
 
+# Smallest V / (a b c) accepted: 1 for a cuboid, 0 for coplanar vectors (~0.06 degrees of out-of-plane tilt).
+_MIN_CELL_SHAPE = 1e-3
+
 
 @dataclass(frozen=True)
 class DecodeFailure:
@@ -214,6 +217,10 @@ class CrystalCodec:
             return DecodeFailure(f"invalid lattice: {err}", b)
         if not np.isfinite(volume) or volume <= 0:
             return DecodeFailure(f"non-positive cell volume for angles {np.round(angles, 2).tolist()}", b)
+        if volume < _MIN_CELL_SHAPE * float(np.prod(lengths)):
+            # V / (abc) near 0: the three vectors are almost coplanar; no crystal, and pymatgen's distance
+            # routines fail on the near-singular matrix.
+            return DecodeFailure(f"degenerate (nearly flat) cell: V/(abc) = {volume / np.prod(lengths):.2e}", b)
         species = [self.elements[c - 1] for c in cls[filled]]
         coords = np.mod(frac[filled], 1.0)
         try:

@@ -1,13 +1,13 @@
 """The one network shared by every model family: a small set transformer over a lattice token and site tokens.
 
-A crystal batch (see :mod:`bench.datasets.codec`) becomes ``1 + N`` tokens: one lattice token (a linear map of the six
-standardised lattice parameters) and one token per site slot (a linear map of the site's type vector and of
-``sin``/``cos`` of ``2 pi`` times its fractional coordinates, so the input is periodic in the unit cell). A
-conditioning vector (a diffusion time embedding, a VAE latent, GAN noise) is added to every token. Without learned
-slot embeddings and without positional encodings, the transformer (Vaswani et al. 2017, "Attention is all you need")
-treats the site tokens as a set: permuting the input sites permutes the per-site outputs and leaves the lattice and
-pooled outputs unchanged. Decoders and generators that must produce a set from a vector switch on learned slot
-embeddings, which break that symmetry on purpose.
+A crystal batch (see :mod:`bench.datasets.codec`) becomes ``1 + N`` tokens: one lattice token (a linear map of
+the six standardised lattice parameters) and one token per site slot (a linear map of the site's type vector
+and of ``sin``/``cos`` of ``2 pi`` times its fractional coordinates, so the input is periodic in the unit
+cell). A conditioning vector (a diffusion time embedding, a VAE latent, GAN noise) is added to every token.
+Without learned slot embeddings and without positional encodings, the transformer (Vaswani et al. 2017,
+"Attention is all you need") treats the site tokens as a set: permuting the input sites permutes the per-site
+outputs and leaves the lattice and pooled outputs unchanged. Decoders and generators that must produce a set
+from a vector switch on learned slot embeddings, which break that symmetry on purpose.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = ["CrystalTransformer", "periodic_features"]
 
 
 def periodic_features(frac_coords: Tensor, num_frequencies: int = 1) -> Tensor:
-    """``sin`` and ``cos`` of ``2 pi k x`` for ``k = 1..num_frequencies``: a feature map invariant to ``x -> x + 1``.
+    """``sin``/``cos`` of ``2 pi k x``, ``k = 1..num_frequencies``: features invariant to ``x -> x + 1``.
 
     Args:
         frac_coords: fractional coordinates ``[..., 3]``.
@@ -38,7 +38,7 @@ def periodic_features(frac_coords: Tensor, num_frequencies: int = 1) -> Tensor:
 
 
 class CrystalTransformer(nn.Module):
-    """Permutation-aware transformer mapping a crystal batch (and/or a conditioning vector) to per-field outputs.
+    """Permutation-aware transformer: a crystal batch and/or a conditioning vector to per-field outputs.
 
     Args:
         num_types: K + 1, the width of ``atom_types`` (elements plus the empty slot).
@@ -47,17 +47,22 @@ class CrystalTransformer(nn.Module):
         n_layers: number of transformer encoder layers.
         n_heads: attention heads per layer (must divide ``d_model``).
         cond_dim: width of the conditioning vector added to every token (0: no conditioning).
-        slot_embeddings: add a learned embedding per site slot (and a learned lattice token), so the network can
-            produce a set from a vector alone; breaks permutation equivariance.
+        slot_embeddings: add a learned embedding per site slot (and a learned lattice token), so the network
+            can produce a set from a vector alone; breaks permutation equivariance.
         out_scale: output channels per input channel, e.g. 2 for a flow's scale and shift.
         pooled_dim: width of a pooled output read from the lattice token (0: none).
-        field_heads: produce the per-field outputs (switch off for encoders and critics that only need ``pooled``).
+        field_heads: produce the per-field outputs (switch off for encoders and critics that only need
+            ``pooled``).
         dim_feedforward: hidden width of each feed-forward block (default ``2 * d_model``).
         num_frequencies: harmonics of the periodic fractional-coordinate features.
-        raw_frac: also feed the ``frac_coords`` values themselves (not only their periodic features); for networks
-            whose ``frac_coords`` input is a noisy or transformed variable rather than a coordinate in ``[0, 1)``.
+        raw_frac: also feed the ``frac_coords`` values themselves (not only their periodic features); for
+            networks whose ``frac_coords`` input is a noisy or transformed variable rather than a coordinate
+            in ``[0, 1)``.
         dropout: dropout inside the transformer layers.
         zero_init: initialise the output heads to zero (a flow coupling then starts as the identity).
+        field_inputs: build the input projections of a crystal batch. A slot-embedding network driven by
+            ``cond`` alone sets it False, so it holds no parameter that never gets a gradient (DDP rejects
+            those).
     """
 
     def __init__(
@@ -77,6 +82,7 @@ class CrystalTransformer(nn.Module):
         raw_frac: bool = False,
         dropout: float = 0.0,
         zero_init: bool = False,
+        field_inputs: bool = True,
     ) -> None:
         super().__init__()
         if d_model % n_heads != 0:
@@ -94,14 +100,16 @@ class CrystalTransformer(nn.Module):
         self.raw_frac = bool(raw_frac)
 
         site_width = self.num_types + 6 * self.num_frequencies + (3 if self.raw_frac else 0)
-        self.site_in = nn.Linear(site_width, d_model)
-        self.lattice_in = nn.Linear(6, d_model)
+        if not field_inputs and not slot_embeddings:
+            raise ValueError("a backbone without field inputs needs slot_embeddings=True to have any input")
+        self.site_in = nn.Linear(site_width, d_model) if field_inputs else None
+        self.lattice_in = nn.Linear(6, d_model) if field_inputs else None
         # Marks the lattice token apart from site tokens (it also carries the pooled summary).
         self.lattice_token = nn.Parameter(torch.zeros(d_model))
         self.cond_in = nn.Linear(self.cond_dim, d_model) if self.cond_dim > 0 else None
-        self.slot_embedding = (
-            nn.Parameter(torch.randn(self.max_atoms, d_model) * 0.02) if slot_embeddings else None
-        )
+        # Unit-scale init (like nn.Embedding): slots must differ from the start, or a generator driven only by
+        # a shared conditioning vector emits nearly the same site in every slot and breaks the tie slowly.
+        self.slot_embedding = nn.Parameter(torch.randn(self.max_atoms, d_model)) if slot_embeddings else None
         layer = nn.TransformerEncoderLayer(
             d_model,
             n_heads,
@@ -137,11 +145,11 @@ class CrystalTransformer(nn.Module):
         """Run the network.
 
         Args:
-            batch: ``atom_types`` ``[B, N, K+1]``, ``frac_coords`` ``[B, N, 3]`` and ``lattice`` ``[B, 6]`` (any
-                real values); may be ``None`` for a slot-embedding network driven by ``cond`` alone.
+            batch: ``atom_types`` ``[B, N, K+1]``, ``frac_coords`` ``[B, N, 3]`` and ``lattice`` ``[B, 6]``
+                (any real values); may be ``None`` for a slot-embedding network driven by ``cond`` alone.
             cond: conditioning vector ``[B, cond_dim]``, required when ``cond_dim > 0``.
-            padding_mask: ``[B, N]`` bool, True for site slots that attention must ignore (the lattice token is
-                always attended to). ``None`` attends to every slot.
+            padding_mask: ``[B, N]`` bool, True for site slots that attention must ignore (the lattice token
+                is always attended to). ``None`` attends to every slot.
 
         Returns:
             ``atom_types`` ``[B, N, (K+1) * out_scale]``, ``frac_coords`` ``[B, N, 3 * out_scale]`` and
@@ -171,6 +179,8 @@ class CrystalTransformer(nn.Module):
         if self.cond_in is not None and cond is None:
             raise ValueError(f"this backbone is conditioned (cond_dim={self.cond_dim}) but no cond was given")
         if batch is not None:
+            if self.site_in is None or self.lattice_in is None:
+                raise ValueError("this backbone was built with field_inputs=False and takes no input batch")
             frac = batch["frac_coords"]
             parts = [batch["atom_types"], periodic_features(frac, self.num_frequencies)]
             if self.raw_frac:

@@ -1,15 +1,14 @@
 """The contract every generative model honours: a LightningModule with ``loss(batch)`` and ``sample(n)``.
 
 A batch is the dict of tensors written by :class:`bench.datasets.codec.CrystalCodec` (``atom_types``,
-``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample`` returns a
-batch in the same layout, drawing every random number from the ``torch.Generator`` it is given, so a seed fixes the
-samples. Modules receive built objects (the backbone and optimiser as ``functools.partial``) and never instantiate
-configs themselves.
+``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample``
+returns a batch in the same layout, drawing every random number from the ``torch.Generator`` it is given, so a
+seed fixes the samples. Modules receive built objects (the backbone and optimiser as ``functools.partial``)
+and never instantiate configs themselves.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -26,8 +25,6 @@ __all__ = [
     "finalize_batch",
     "periodic_difference",
 ]
-
-log = logging.getLogger(__name__)
 
 FIELDS = ("atom_types", "frac_coords", "lattice")
 
@@ -61,7 +58,7 @@ def periodic_difference(a: Tensor, b: Tensor) -> Tensor:
 
 
 def finalize_batch(atom_scores: Tensor, frac_coords: Tensor, lattice: Tensor) -> dict[str, Tensor]:
-    """Turn raw model outputs into a clean batch: one-hot types, coordinates in ``[0, 1)``, zeros in empty slots.
+    """Clean a raw model output: one-hot types, coordinates in ``[0, 1)``, empty slots zeroed.
 
     Args:
         atom_scores: ``[B, N, K+1]`` logits, probabilities or noisy one-hots (argmax decides the type).
@@ -85,7 +82,7 @@ class GenerativeModule(pl.LightningModule):
     ``"gan"``, ``"diffusion"`` or ``"flow"``) and ``paper`` (the reference the variant follows).
 
     Args:
-        optimizer: a partial building the optimiser from the parameters (``torch.optim.AdamW`` with its lr...).
+        optimizer: a partial building the optimiser from the parameters (e.g. ``torch.optim.AdamW``).
         num_types: K + 1, the width of ``atom_types`` (from the fitted codec).
         max_atoms: N, the number of site slots (from the fitted codec).
     """
@@ -96,7 +93,9 @@ class GenerativeModule(pl.LightningModule):
     def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
         super().__init__()
         if num_types < 2:
-            raise ValueError(f"num_types must be >= 2 (the empty slot plus at least one element), got {num_types}")
+            raise ValueError(
+                f"num_types must be >= 2 (the empty slot plus at least one element), got {num_types}"
+            )
         if max_atoms < 1:
             raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
         self.optimizer_factory = optimizer
@@ -107,8 +106,9 @@ class GenerativeModule(pl.LightningModule):
     def _save_plain_hparams(self, ignore: Sequence[str] = ()) -> None:
         """Record the constructor's plain arguments (numbers, strings) in checkpoints.
 
-        Built objects (backbone and optimiser partials, samplers) are left out, so a checkpoint stays loadable with
-        ``torch.load(path, weights_only=True)``; the resolved config is the record of how they were built.
+        Built objects (backbone and optimiser partials, samplers) are left out, so a checkpoint stays loadable
+        with ``torch.load(path, weights_only=True)``; the resolved config is the record of how they were
+        built.
         """
         self.save_hyperparameters(ignore=["backbone", "optimizer", "sampler", *ignore], logger=False)
 
@@ -125,12 +125,13 @@ class GenerativeModule(pl.LightningModule):
     def sample(
         self, n: int, generator: torch.Generator | None = None, condition: Any = None
     ) -> dict[str, Tensor]:
-        """Draw ``n`` crystals as a batch (``atom_types`` one-hot, ``frac_coords`` in ``[0, 1)``, ``lattice``, ``mask``).
+        """Draw ``n`` crystals as a batch (one-hot types, coordinates in ``[0, 1)``, lattice, mask).
 
         Args:
             n: number of samples.
             generator: every random number is drawn from it, so the same seed gives the same samples.
-            condition: a conditioning input; the benchmark's models are unconditional and reject anything but None.
+            condition: a conditioning input; the benchmark's models are unconditional and reject anything but
+                None.
 
         Returns:
             A batch dict of float32 tensors on the module's device.
@@ -153,7 +154,7 @@ class GenerativeModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ random numbers
     def _randn(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
-        """Standard normal noise drawn from ``generator`` (on the generator's device), moved to the module's device."""
+        """Standard normal noise drawn from ``generator`` (on its device), moved to the module's device."""
         return _draw(torch.randn, shape, generator, self.device)
 
     def _rand(self, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
@@ -177,6 +178,7 @@ class GenerativeModule(pl.LightningModule):
                 on_epoch=not on_step,
                 prog_bar=name == "loss",
                 batch_size=batch_size,
+                sync_dist=not on_step,  # epoch means are reduced across DDP ranks
             )
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:

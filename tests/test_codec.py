@@ -89,3 +89,13 @@ def test_round_trip_on_real_rows(data_dir, name: str, max_atoms: int) -> None:
     split = load_split(name, "val", data_dir=data_dir, limit=60)
     codec = CrystalCodec(max_atoms=max_atoms).fit(split.structures)
     _assert_round_trip(codec, split.structures)
+
+
+def test_nearly_flat_cell_is_a_failure() -> None:
+    codec = CrystalCodec(max_atoms=5).fit([_perovskite(3.9), _perovskite(4.1)])
+    flat = Structure(Lattice.from_parameters(4, 4, 4, 90, 90, 179.99), ["Sr"], [[0, 0, 0]])
+    batch = codec.encode([_perovskite()])
+    lat = np.array([*np.log(flat.lattice.abc), *flat.lattice.angles])
+    batch["lattice"][0] = torch.from_numpy(((lat - codec.lattice_mean) / codec.lattice_std).astype(np.float32))
+    (out,) = codec.decode(batch)
+    assert isinstance(out, DecodeFailure) and "degenerate" in out.reason

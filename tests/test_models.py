@@ -1,7 +1,7 @@
 """Contract tests of the model zoo: every model config trains, samples, decodes, reloads and is deterministic.
 
-Each model is built from the real Hydra config (``conf/config.yaml`` with ``model=<name>``), shrunk to tiny widths,
-and trained with a real Lightning ``Trainer`` on the project's tiny dataset encoded by the real codec.
+Each model is built from the real Hydra config (``conf/config.yaml`` with ``model=<name>``), shrunk to tiny
+widths, and trained with a real Lightning ``Trainer`` on the project's tiny dataset encoded by the real codec.
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import hydra
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
-from pymatgen.core import Structure
-
 from bench.datasets.codec import CrystalCodec, DecodeFailure
 from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
 from bench.models.diffusion.samplers import AncestralSampler, DDIMSampler, respaced_timesteps
 from bench.models.diffusion.schedule import cosine_alpha_bars
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+from pymatgen.core import Structure
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -136,13 +135,15 @@ def test_registry_matches_configs() -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_model_contract(name: str, codec: CrystalCodec, batch: dict[str, torch.Tensor], tmp_path: Path) -> None:
+def test_model_contract(
+    name: str, codec: CrystalCodec, batch: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
     """Train on one fixed batch, sample, decode, checkpoint, reload, and sample identically.
 
-    Progress: for likelihood-style models (VAE, DDPM, RealNVP) the logged ``train/loss`` falls. For the WGAN-GP
-    ``train/loss`` is the critic objective ``E[D(fake)] - E[D(real)] + lambda * GP``; a GAN has no loss that must
-    fall overall, but in the first steps the critic learns to separate data from the untrained generator, so its
-    objective falls (the Wasserstein estimate grows) just as a likelihood loss would.
+    Progress: for likelihood-style models (VAE, DDPM, RealNVP) the logged ``train/loss`` falls. For the
+    WGAN-GP ``train/loss`` is the critic objective ``E[D(fake)] - E[D(real)] + lambda * GP``; a GAN has no
+    loss that must fall overall, but in the first steps the critic learns to separate data from the untrained
+    generator, so its objective falls (the Wasserstein estimate grows) just as a likelihood loss would.
     """
     pl.seed_everything(0, verbose=False)
     cfg = tiny_config(name)
@@ -156,6 +157,9 @@ def test_model_contract(name: str, codec: CrystalCodec, batch: dict[str, torch.T
     assert losses and all(math.isfinite(v) for v in losses)
     head, tail = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert tail < head, f"{name}: train/loss did not fall ({head:.4f} -> {tail:.4f})"
+
+    (validated,) = trainer.validate(model, fixed_batches(batch, 1), verbose=False)
+    assert math.isfinite(validated["val/loss"])
 
     n = 6
     first = model.sample(n, generator=torch.Generator().manual_seed(123))
@@ -187,6 +191,22 @@ def test_unconditional_models_reject_conditions(name: str, codec: CrystalCodec) 
         model.sample(2, condition=torch.zeros(2, 1))
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_parameter_gets_a_gradient(
+    name: str, codec: CrystalCodec, batch: dict[str, torch.Tensor]
+) -> None:
+    """No dead parameters: DDP (``trainer=ddp``) refuses parameters that never receive a gradient."""
+    torch.manual_seed(0)
+    model = build(tiny_config(name), codec)
+    if name == "wgan_gp":
+        losses = [model.critic_terms(batch)["critic"], model.generator_loss(4)]
+    else:
+        losses = [model.loss(batch)["loss"]]
+    sum(losses).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not dead, f"{name}: parameters without gradient: {dead}"
+
+
 def _random_batch(num_types: int, max_atoms: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     classes = torch.randint(0, num_types, (size, max_atoms), generator=g)
@@ -199,7 +219,9 @@ def _random_batch(num_types: int, max_atoms: int, size: int, seed: int = 0) -> d
 
 def test_backbone_is_permutation_equivariant() -> None:
     torch.manual_seed(0)
-    net = CrystalTransformer(num_types=5, max_atoms=7, d_model=16, n_layers=2, n_heads=2, cond_dim=3, pooled_dim=4)
+    net = CrystalTransformer(
+        num_types=5, max_atoms=7, d_model=16, n_layers=2, n_heads=2, cond_dim=3, pooled_dim=4
+    )
     net.eval()
     data = _random_batch(5, 7, size=3)
     cond = torch.randn(3, 3)
@@ -222,10 +244,14 @@ def test_backbone_slot_embeddings_break_symmetry_and_padding_hides_slots() -> No
     permuted = {k: (v[:, perm] if v.dim() == 3 else v) for k, v in data.items()}
     slotted = CrystalTransformer(4, 6, d_model=16, n_layers=1, n_heads=2, slot_embeddings=True).eval()
     assert not torch.allclose(slotted(permuted)["lattice"], slotted(data)["lattice"])
-    generator_net = CrystalTransformer(4, 6, d_model=16, n_layers=1, n_heads=2, cond_dim=3, slot_embeddings=True)
+    generator_net = CrystalTransformer(
+        4, 6, d_model=16, n_layers=1, n_heads=2, cond_dim=3, slot_embeddings=True
+    )
     assert generator_net(None, cond=torch.randn(2, 3))["atom_types"].shape == (2, 6, 4)
 
-    encoder = CrystalTransformer(4, 6, d_model=16, n_layers=1, n_heads=2, pooled_dim=3, field_heads=False).eval()
+    encoder = CrystalTransformer(
+        4, 6, d_model=16, n_layers=1, n_heads=2, pooled_dim=3, field_heads=False
+    ).eval()
     padding = torch.zeros(2, 6, dtype=torch.bool)
     padding[:, 4:] = True
     changed = {k: v.clone() for k, v in data.items()}
@@ -292,7 +318,9 @@ def test_samplers_are_deterministic_and_recover_a_point_mass(sampler: Any) -> No
 
 
 def test_sampler_is_swappable_by_config(codec: CrystalCodec) -> None:
-    cfg = compose_model("ddpm", [*SHRINK, "sampler@model.module.sampler=ddim", "model.module.sampler.steps=5"])
+    cfg = compose_model(
+        "ddpm", [*SHRINK, "sampler@model.module.sampler=ddim", "model.module.sampler.steps=5"]
+    )
     model = build(cfg, codec)
     assert isinstance(model.sampler, DDIMSampler) and model.sampler.steps == 5
     out = model.sample(3, generator=torch.Generator().manual_seed(0))

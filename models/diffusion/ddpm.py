@@ -1,12 +1,12 @@
 """Denoising diffusion (epsilon prediction, cosine schedule) over the continuous fields of the crystal batch.
 
-Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", NeurIPS, arXiv:2006.11239, with the cosine
-schedule of Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672.
-All three fields diffuse in Euclidean space with one shared schedule:
+Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", NeurIPS, arXiv:2006.11239, with the
+cosine schedule of Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML,
+arXiv:2102.09672. All three fields diffuse in Euclidean space with one shared schedule:
 
 - ``atom_types``: the one-hot scaled to ``{-1, +1}`` (decoded by argmax, as in analog-bits style continuous
   relaxations, Chen, Zhang & Hinton 2023, arXiv:2208.04202);
-- ``frac_coords``: ``2 f - 1`` in ``[-1, 1)``, treated as plain (non-periodic) values; the decoder wraps mod 1;
+- ``frac_coords``: ``2 f - 1`` in ``[-1, 1)``, plain (non-periodic) values; the decoder wraps them mod 1;
 - ``lattice``: the codec's standardised parameters as they are.
 """
 
@@ -18,18 +18,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
 from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler
 from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars, q_sample
+from torch import Tensor, nn
 
 __all__ = ["CrystalDDPM", "timestep_embedding"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of (possibly fractional) step indices ``t`` ``[B]`` (Vaswani et al. 2017)."""
+    """Sinusoidal embedding ``[B, dim]`` of step indices ``t`` ``[B]`` (Vaswani et al. 2017)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.to(torch.float32).unsqueeze(-1) * freqs
@@ -42,12 +41,14 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 class CrystalDDPM(GenerativeModule):
     """Epsilon-prediction DDPM on ``(atom_types, frac_coords, lattice)`` with a transformer denoiser.
 
-    The loss is the simple objective of Ho et al. (2020): the mean squared error of the predicted noise, averaged
-    within each field and summed over fields with weights (so the ``K + 1`` type channels do not swamp the three
-    coordinates). Sampling is delegated to the configured sampler (:mod:`bench.models.diffusion.samplers`).
+    The loss is the simple objective of Ho et al. (2020): the mean squared error of the predicted noise,
+    averaged within each field and summed over fields with weights (so the ``K + 1`` type channels do not
+    swamp the three coordinates). Sampling is delegated to the configured sampler
+    (:mod:`bench.models.diffusion.samplers`).
 
     Args:
-        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called once, for the denoiser).
+        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called once, for the
+            denoiser).
         optimizer: partial building the optimiser.
         sampler: a built sampler, e.g. :class:`~bench.models.diffusion.samplers.AncestralSampler`.
         num_types: K + 1 (from the fitted codec).
@@ -58,6 +59,11 @@ class CrystalDDPM(GenerativeModule):
         type_weight: weight of the type-noise MSE.
         frac_weight: weight of the coordinate-noise MSE.
         lattice_weight: weight of the lattice-noise MSE.
+        lattice_clip: bound on ``|x0_hat|`` of the standardised lattice while sampling (``None``: no clip).
+            Types and coordinates are always clipped to their range ``[-1, 1]``. Near ``t = T`` the cosine
+            schedule's ``alpha_bar`` is tiny, so ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies
+            small noise-prediction errors by orders of magnitude; unclipped, they survive into the sample as
+            absurd cells. Five standard deviations keep every realistic cell.
     """
 
     family = "diffusion"
@@ -66,9 +72,6 @@ class CrystalDDPM(GenerativeModule):
         "cosine schedule: Nichol, Dhariwal (2021). Improved Denoising Diffusion Probabilistic Models. ICML. "
         "arXiv:2102.09672"
     )
-
-    #: Range of ``x_0`` for the bounded fields, used to clip ``x0_hat`` during sampling; ``None``: unbounded.
-    CLIP: dict[str, float | None] = {"atom_types": 1.0, "frac_coords": 1.0, "lattice": None}
 
     def __init__(
         self,
@@ -83,6 +86,7 @@ class CrystalDDPM(GenerativeModule):
         type_weight: float = 1.0,
         frac_weight: float = 1.0,
         lattice_weight: float = 1.0,
+        lattice_clip: float | None = 5.0,
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
         self._save_plain_hparams()
@@ -96,6 +100,12 @@ class CrystalDDPM(GenerativeModule):
         self.timesteps = int(timesteps)
         self.time_dim = int(time_dim)
         self.weights = {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight}
+        #: Range of each field's ``x_0``, used to clip ``x0_hat`` while sampling (``None``: unbounded).
+        self.clip: dict[str, float | None] = {
+            "atom_types": 1.0,
+            "frac_coords": 1.0,
+            "lattice": None if lattice_clip is None else float(lattice_clip),
+        }
         # Not persistent: rebuilt from the config, so checkpoints hold only learned weights.
         self.register_buffer("alpha_bars", alpha_bars.to(torch.float32), persistent=False)
         self.time_mlp = nn.Sequential(
@@ -152,5 +162,5 @@ class CrystalDDPM(GenerativeModule):
             "frac_coords": (n, self.max_atoms, 3),
             "lattice": (n, 6),
         }
-        x0 = self.sampler(self.predict_noise, self.alpha_bars, shapes, generator, self.device, clip=self.CLIP)
+        x0 = self.sampler(self.predict_noise, self.alpha_bars, shapes, generator, self.device, clip=self.clip)
         return self.from_diffusion_space(x0)

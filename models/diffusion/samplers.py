@@ -1,8 +1,8 @@
 """Reverse-process samplers for epsilon-prediction diffusion models, chosen by config (``conf/sampler``).
 
-A sampler holds no weights: it takes the model's noise predictor, the schedule's ``alpha_bar`` values and the field
-shapes, and integrates from pure noise to data, drawing every random number from the given ``torch.Generator``. So
-the same trained checkpoint can be sampled with either sampler.
+A sampler holds no weights: it takes the model's noise predictor, the schedule's ``alpha_bar`` values and the
+field shapes, and integrates from pure noise to data, drawing every random number from the given
+``torch.Generator``. So the same trained checkpoint can be sampled with either sampler.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ class DiffusionSampler(Protocol):
 def respaced_timesteps(timesteps: int, steps: int | None) -> list[int]:
     """Evenly spaced step indices ``0 <= t < T`` (ascending) visited by a sampler with ``steps`` steps.
 
-    Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", section 4: any subsequence of the
-    training steps defines a valid shorter reverse process. ``None`` (or ``steps >= T``) keeps every step.
+    Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", section 4: any subsequence
+    of the training steps defines a valid shorter reverse process. ``None`` (or ``steps >= T``) keeps every
+    step.
     """
     if steps is None or steps >= timesteps:
         return list(range(timesteps))
@@ -68,7 +69,7 @@ def _predict_x0(
     alpha_bar: Tensor,
     clip: Mapping[str, float | None] | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """``x0_hat`` from an epsilon prediction, clipped per field; returns it with the epsilon consistent with it."""
+    """``x0_hat`` from an epsilon prediction, clipped per field, and the epsilon consistent with it."""
     x0, eps_out = {}, {}
     for key, value in x_t.items():
         pred = (value - (1.0 - alpha_bar).sqrt() * eps[key]) / alpha_bar.sqrt()
@@ -94,7 +95,9 @@ class AncestralSampler:
         clip_denoised: clip ``x0_hat`` of bounded fields to their range before each update.
     """
 
-    def __init__(self, steps: int | None = None, variance: str = "posterior", clip_denoised: bool = True) -> None:
+    def __init__(
+        self, steps: int | None = None, variance: str = "posterior", clip_denoised: bool = True
+    ) -> None:
         if variance not in ("posterior", "beta"):
             raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
         self.steps = steps
@@ -134,7 +137,10 @@ class AncestralSampler:
 
 
 class DDIMSampler:
-    """DDIM sampling (Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", ICLR, arXiv:2010.02502, eq. 12).
+    """DDIM sampling: Song, Meng & Ermon (2021), "Denoising Diffusion Implicit Models", ICLR, eq. 12.
+
+    arXiv:2010.02502. With ``eta = 1`` and the same steps it matches :class:`AncestralSampler` with the
+    posterior variance; with ``eta = 0`` the map from ``x_T`` to ``x_0`` is deterministic.
 
     Args:
         steps: number of reverse steps, evenly spaced over the training steps.

@@ -1,8 +1,8 @@
 """Noise schedules and the Gaussian corruption of a crystal, applied field by field.
 
-The corruption of a crystal is a dict keyed by field (``atom_types``, ``frac_coords``, ``lattice``): each field is
-noised with the same ``alpha_bar_t`` (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", NeurIPS,
-arXiv:2006.11239, eq. 4).
+The corruption of a crystal is a dict keyed by field (``atom_types``, ``frac_coords``, ``lattice``): each
+field is noised with the same ``alpha_bar_t`` (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic
+Models", NeurIPS, arXiv:2006.11239, eq. 4).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ __all__ = ["cosine_alpha_bars", "linear_alpha_bars", "q_sample"]
 def cosine_alpha_bars(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
     """Cumulative signal level ``alpha_bar_t`` of the cosine schedule for ``t = 1..T``.
 
-    Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672, eq. 17;
-    betas are clipped at ``max_beta`` as the paper does to avoid a singularity at ``t = T``.
+    Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672,
+    eq. 17; betas are clipped at ``max_beta`` as the paper does to avoid a singularity at ``t = T``.
 
     Args:
         timesteps: T.
@@ -44,7 +44,9 @@ def linear_alpha_bars(timesteps: int, beta_start: float = 1e-4, beta_end: float 
     if timesteps < 1:
         raise ValueError(f"timesteps must be >= 1, got {timesteps}")
     scale = 1000.0 / timesteps
-    betas = torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64).clamp(max=0.999)
+    betas = torch.linspace(beta_start * scale, beta_end * scale, timesteps, dtype=torch.float64).clamp(
+        max=0.999
+    )
     return torch.cumprod(1.0 - betas, dim=0)
 
 

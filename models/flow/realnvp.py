@@ -1,23 +1,26 @@
 """RealNVP affine coupling flow over the (dequantised) fields of the crystal batch.
 
-Dinh, Sohl-Dickstein & Bengio (2017), "Density estimation using Real NVP", ICLR, arXiv:1605.08803. The flow maps the
-flattened fields ``(atom_types, frac_coords, lattice)`` to a standard normal base with exact log-likelihood.
+Dinh, Sohl-Dickstein & Bengio (2017), "Density estimation using Real NVP", ICLR, arXiv:1605.08803. The flow
+maps the flattened fields ``(atom_types, frac_coords, lattice)`` to a standard normal base with exact
+log-likelihood.
 
 Representation (data -> flow variable ``x``), applied in training; sampling inverts it:
 
-- ``atom_types``: uniform dequantisation, ``x = onehot + u - 1/2`` with ``u ~ U[0, 1)^{K+1}`` (Theis, van den Oord &
-  Bethge 2016, arXiv:1511.01844; Ho et al. 2019, "Flow++", arXiv:1902.00275). The hot channel lies in
+- ``atom_types``: uniform dequantisation, ``x = onehot + u - 1/2`` with ``u ~ U[0, 1)^{K+1}`` (Theis, van den
+  Oord & Bethge 2016, arXiv:1511.01844; Ho et al. 2019, "Flow++", arXiv:1902.00275). The hot channel lies in
   ``[1/2, 3/2)`` and every other one in ``[-1/2, 1/2)``, so the argmax recovers the type exactly, and the
   likelihood of the dequantised variable lower-bounds the discrete one.
-- ``frac_coords``: ``x = f - 1/2`` treated as a plain real variable (the decoder wraps mod 1). Empty slots carry no
-  coordinates, so their value is replaced by uniform noise (a "don't care" value the flow learns to spread).
-- ``frac_coords`` of filled slots and ``lattice``: small Gaussian noise (``continuous_noise``) is added, because
-  some datasets put all mass on a few exact values (cubic angles, special Wyckoff positions) where a density
-  would be unbounded.
+- ``frac_coords``: ``x = f - 1/2`` treated as a plain real variable (the decoder wraps mod 1). Empty slots
+  carry no coordinates, so their value is replaced by uniform noise (a "don't care" value the flow learns to
+  spread).
+- ``frac_coords`` of filled slots and ``lattice``: small Gaussian noise (``continuous_noise``) is added,
+  because some datasets put all mass on a few exact values (cubic angles, special Wyckoff positions) where a
+  density would be unbounded.
 
-Coupling layers alternate channel-parity masks inside every field; the conditioner of each coupling is the shared
-backbone (no slot embeddings, so the flow is permutation-equivariant over slots and its density exchangeable) with
-``out_scale=2`` heads for log-scale and shift, and log-scales bounded by ``scale_bound * tanh(. / scale_bound)``.
+Coupling layers alternate channel-parity masks inside every field; the conditioner of each coupling is the
+shared backbone (no slot embeddings, so the flow is permutation-equivariant over slots and its density
+exchangeable) with ``out_scale=2`` heads for log-scale and shift, and log-scales bounded by
+``scale_bound * tanh(. / scale_bound)``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from torch import Tensor, nn
 
 __all__ = ["AffineCoupling", "CrystalRealNVP", "FieldAffine"]
 
@@ -38,7 +40,7 @@ Fields = dict[str, Tensor]
 
 
 def _parity_mask(width: int, parity: int, like: Tensor) -> Tensor:
-    """``[width]`` float mask: 1 on the channels whose index has the given parity (these condition the others)."""
+    """``[width]`` float mask: 1 on channels of the given index parity (these condition the others)."""
     return (torch.arange(width, device=like.device) % 2 == parity).to(like.dtype)
 
 
@@ -136,8 +138,8 @@ class CrystalRealNVP(GenerativeModule):
         n_couplings: number of coupling layers (alternating parity; even numbers transform every channel
             equally often).
         scale_bound: bound of each coupling's log-scale.
-        continuous_noise: standard deviation of the Gaussian noise added to filled-slot coordinates (in fractions)
-            and to the standardised lattice during training.
+        continuous_noise: standard deviation of the Gaussian noise added to filled-slot coordinates (in
+            fractions) and to the standardised lattice during training.
     """
 
     family = "flow"
@@ -161,7 +163,9 @@ class CrystalRealNVP(GenerativeModule):
         self.affine = FieldAffine(num_types)
         self.couplings = nn.ModuleList(
             AffineCoupling(
-                backbone(num_types=num_types, max_atoms=max_atoms, out_scale=2, raw_frac=True, zero_init=True),
+                backbone(
+                    num_types=num_types, max_atoms=max_atoms, out_scale=2, raw_frac=True, zero_init=True
+                ),
                 parity=i % 2,
                 scale_bound=scale_bound,
             )
@@ -176,7 +180,9 @@ class CrystalRealNVP(GenerativeModule):
         filled = (1.0 - types[..., :1]).clamp(0.0, 1.0)
         x_types = types + torch.rand_like(types) - 0.5
         jitter = self.continuous_noise * torch.randn_like(batch["frac_coords"])
-        frac = filled * (batch["frac_coords"] + jitter) + (1.0 - filled) * torch.rand_like(batch["frac_coords"])
+        frac = filled * (batch["frac_coords"] + jitter) + (1.0 - filled) * torch.rand_like(
+            batch["frac_coords"]
+        )
         lattice = batch["lattice"] + self.continuous_noise * torch.randn_like(batch["lattice"])
         return {"atom_types": x_types, "frac_coords": frac - 0.5, "lattice": lattice}
 
@@ -204,7 +210,9 @@ class CrystalRealNVP(GenerativeModule):
     def log_prob(self, x: Mapping[str, Tensor]) -> Tensor:
         """Exact log-density ``[B]`` of flow variables ``x`` (nats)."""
         z, logdet = self.to_base(x)
-        base = sum(_sum_per_sample(-0.5 * v.pow(2)) for v in z.values()) - 0.5 * self.dims * math.log(2 * math.pi)
+        base = sum(_sum_per_sample(-0.5 * v.pow(2)) for v in z.values()) - 0.5 * self.dims * math.log(
+            2 * math.pi
+        )
         return base + logdet
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:

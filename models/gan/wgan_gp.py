@@ -1,9 +1,9 @@
 """Wasserstein GAN with gradient penalty over the crystal batch.
 
 Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville (2017), "Improved Training of Wasserstein GANs", NeurIPS,
-arXiv:1704.00028 (building on Arjovsky, Chintala & Bottou 2017, "Wasserstein GAN", arXiv:1701.07875). The generator
-is the shared backbone with learned slot embeddings driven by a noise vector; the critic is the backbone read out
-through its pooled lattice token, a scalar that is invariant to the order of the sites.
+arXiv:1704.00028 (building on Arjovsky, Chintala & Bottou 2017, "Wasserstein GAN", arXiv:1701.07875). The
+generator is the shared backbone with learned slot embeddings driven by a noise vector; the critic is the
+backbone read out through its pooled lattice token, a scalar that is invariant to the order of the sites.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["CrystalWGANGP"]
 
@@ -25,20 +24,28 @@ class CrystalWGANGP(GenerativeModule):
     """WGAN-GP with manual optimisation: one critic update per batch, one generator update every ``n_critic``.
 
     Each training batch feeds one critic step (fresh real data per critic iteration, as in the paper's
-    algorithm 1); every ``n_critic``-th batch also takes a generator step. Lightning counts every optimiser step in
-    ``trainer.global_step``, so ``max_steps`` covers ``n_critic / (n_critic + 1)`` of that many batches.
+    algorithm 1); every ``n_critic``-th batch also takes a generator step. Lightning counts every optimiser
+    step in ``trainer.global_step``, so ``max_steps`` covers ``n_critic / (n_critic + 1)`` of that many
+    batches.
 
-    Generated crystals are soft: ``atom_types`` are softmax probabilities, ``frac_coords`` a sigmoid multiplied by
-    the probability that the slot is filled (so empty slots sit at 0, as in the data), ``lattice`` unbounded.
+    Generated crystals: ``atom_types`` are straight-through one-hots (or softmax probabilities with
+    ``hard_types=False``), ``frac_coords`` a sigmoid times the probability that the slot is filled (so empty
+    slots sit at 0, as in the data), ``lattice`` unbounded.
 
     Args:
-        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called twice: generator, critic).
+        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called twice: generator,
+            critic).
         optimizer: partial building each of the two optimisers (the paper uses Adam, lr 1e-4, betas (0, 0.9)).
         num_types: K + 1 (from the fitted codec).
         max_atoms: N (from the fitted codec).
         noise_dim: width of the generator's input noise.
         n_critic: critic updates per generator update.
         gp_weight: weight ``lambda`` of the gradient penalty.
+        site_noise: also feed independent noise per slot (random type scores and coordinates) as the
+            generator's input fields, besides the global noise vector; without it the sites of one sample
+            differ only through the slot embeddings, and the generator collapses more easily.
+        hard_types: emit straight-through one-hot types (hard forward, softmax gradient) instead of softmax
+            probabilities, so the critic cannot separate real from generated crystals by type softness.
     """
 
     family = "gan"
@@ -56,6 +63,8 @@ class CrystalWGANGP(GenerativeModule):
         noise_dim: int = 32,
         n_critic: int = 5,
         gp_weight: float = 10.0,
+        site_noise: bool = True,
+        hard_types: bool = True,
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
         if n_critic < 1:
@@ -65,18 +74,35 @@ class CrystalWGANGP(GenerativeModule):
         self.noise_dim = int(noise_dim)
         self.n_critic = int(n_critic)
         self.gp_weight = float(gp_weight)
+        self.site_noise = bool(site_noise)
+        self.hard_types = bool(hard_types)
         self.generator = backbone(
-            num_types=num_types, max_atoms=max_atoms, cond_dim=self.noise_dim, slot_embeddings=True
+            num_types=num_types,
+            max_atoms=max_atoms,
+            cond_dim=self.noise_dim,
+            slot_embeddings=True,
+            field_inputs=self.site_noise,
         )
         self.critic = backbone(num_types=num_types, max_atoms=max_atoms, pooled_dim=1, field_heads=False)
         # Counts critic updates, so the generator cadence survives a checkpoint resume.
         self.register_buffer("critic_updates", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ networks
-    def generate(self, noise: Tensor) -> dict[str, Tensor]:
-        """Soft crystals from noise ``[B, noise_dim]``: type probabilities, coordinates in (0, 1), lattice."""
-        out = self.generator(None, cond=noise)
+    def generate(self, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Crystals from noise: types (one-hot or probabilities), coordinates in ``[0, 1)``, lattice.
+
+        Args:
+            noise: ``global`` ``[B, noise_dim]`` (added to every token) and, with ``site_noise``, per-slot
+                noise fed as the generator's input fields (``atom_types``, ``frac_coords``, ``lattice``).
+        """
+        fields = {k: noise[k] for k in FIELDS} if self.site_noise else None
+        out = self.generator(fields, cond=noise["global"])
         types = torch.softmax(out["atom_types"], dim=-1)
+        if self.hard_types:
+            # Straight-through (Bengio, Leonard & Courville 2013, arXiv:1308.3432): exact one-hots forward,
+            # softmax gradients backward, so the critic cannot tell generated types by their softness.
+            hard = torch.nn.functional.one_hot(types.argmax(dim=-1), types.shape[-1]).to(types.dtype)
+            types = hard + types - types.detach()
         frac = torch.sigmoid(out["frac_coords"]) * (1.0 - types[..., :1])
         return {"atom_types": types, "frac_coords": frac, "lattice": out["lattice"]}
 
@@ -100,8 +126,13 @@ class CrystalWGANGP(GenerativeModule):
         norm = torch.cat([g.flatten(1) for g in grads], dim=1).norm(dim=1)
         return (norm - 1.0).pow(2).mean()
 
-    def _noise(self, size: int, generator: torch.Generator | None = None) -> Tensor:
-        return self._randn((size, self.noise_dim), generator)
+    def _noise(self, size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        noise = {"global": self._randn((size, self.noise_dim), generator)}
+        if self.site_noise:
+            noise["atom_types"] = self._randn((size, self.max_atoms, self.num_types), generator)
+            noise["frac_coords"] = self._rand((size, self.max_atoms, 3), generator)
+            noise["lattice"] = self._randn((size, 6), generator)
+        return noise
 
     # ------------------------------------------------------------------ losses
     def critic_terms(self, batch: Mapping[str, Tensor], penalty: bool = True) -> dict[str, Tensor]:
@@ -120,8 +151,8 @@ class CrystalWGANGP(GenerativeModule):
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Critic and generator losses for logging; ``loss`` is the critic objective.
 
-        The gradient penalty needs autograd, so under inference mode (Lightning's validation loop) it is left out
-        and ``loss`` is the negative Wasserstein estimate alone.
+        The gradient penalty needs autograd, so under inference mode (Lightning's validation loop) it is left
+        out and ``loss`` is the negative Wasserstein estimate alone.
         """
         penalty = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         terms = self.critic_terms(batch, penalty=penalty)
@@ -151,7 +182,10 @@ class CrystalWGANGP(GenerativeModule):
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Generator optimiser first, critic optimiser second, both from the same partial."""
-        return [self.build_optimizer(self.generator.parameters()), self.build_optimizer(self.critic.parameters())]
+        return [
+            self.build_optimizer(self.generator.parameters()),
+            self.build_optimizer(self.critic.parameters()),
+        ]
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         return self.generate(self._noise(n, generator))

@@ -1,9 +1,10 @@
 """Gaussian variational autoencoder over the crystal batch.
 
-Kingma & Welling (2014), "Auto-Encoding Variational Bayes", ICLR, arXiv:1312.6114; the KL weight ``beta`` follows
-Higgins et al. (2017), "beta-VAE", ICLR. The encoder is the shared backbone read out through its pooled lattice token
-(permutation-invariant over sites); the decoder is the backbone with learned slot embeddings, conditioned on the
-latent, emitting type logits, fractional coordinates and lattice parameters for every slot.
+Kingma & Welling (2014), "Auto-Encoding Variational Bayes", ICLR, arXiv:1312.6114; the KL weight ``beta``
+follows Higgins et al. (2017), "beta-VAE", ICLR. The encoder is the shared backbone read out through its
+pooled lattice token (permutation-invariant over sites); the decoder is the backbone with learned slot
+embeddings, conditioned on the latent, emitting type logits, fractional coordinates and lattice parameters for
+every slot.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import GenerativeModule, OptimizerFactory, periodic_difference
+from torch import Tensor
 
 __all__ = ["CrystalVAE"]
 
@@ -24,11 +24,13 @@ __all__ = ["CrystalVAE"]
 class CrystalVAE(GenerativeModule):
     """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder.
 
-    The loss is ``CE(types) + MSE_periodic(frac | filled slots) + MSE(lattice) + beta * KL``: reconstruction terms
-    are means per element (as in CDVAE, Xie et al. 2022), so ``beta`` is relative to that scale, not the ELBO's.
+    The loss is ``CE(types) + MSE_periodic(frac | filled slots) + MSE(lattice) + beta * KL``: reconstruction
+    terms are means per element (as in CDVAE, Xie et al. 2022), so ``beta`` is relative to that scale, not the
+    ELBO's.
 
     Args:
-        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called twice: encoder, decoder).
+        backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called twice: encoder,
+            decoder).
         optimizer: partial building the optimiser.
         num_types: K + 1 (from the fitted codec).
         max_atoms: N (from the fitted codec).
@@ -68,11 +70,15 @@ class CrystalVAE(GenerativeModule):
             num_types=num_types, max_atoms=max_atoms, pooled_dim=2 * self.latent_dim, field_heads=False
         )
         self.decoder = backbone(
-            num_types=num_types, max_atoms=max_atoms, cond_dim=self.latent_dim, slot_embeddings=True
+            num_types=num_types,
+            max_atoms=max_atoms,
+            cond_dim=self.latent_dim,
+            slot_embeddings=True,
+            field_inputs=False,
         )
 
     def encode(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance ``[B, latent_dim]`` each; empty slots are masked out of attention."""
+        """Posterior mean and log-variance ``[B, latent_dim]``; empty slots are masked out of attention."""
         empty = batch["atom_types"][..., 0] > 0.5
         pooled = self.encoder(batch, padding_mask=empty)["pooled"]
         mu, logvar = pooled.chunk(2, dim=-1)
