@@ -18,7 +18,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("bench")
 
-HYDRA_COMMANDS = ("train", "sample", "evaluate", "run")
+HYDRA_COMMANDS = ("train", "sample", "evaluate", "run", "reference")
 USAGE = """usage: matgenbench COMMAND [ARGS...]
 
 commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the config):
@@ -26,6 +26,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   train        train a model; checkpoint, codec and config go to paths.run_dir
   sample       sample a trained run into <run_dir>/samples.csv
   evaluate     score samples (samples=PATH for any CSV with a 'cif' column / CIF folder / JSON)
+  reference    score a reference row: reference=test|copy|random (the ceiling and floor of every metric)
   datasets     list | fetch NAME [--split S] | verify NAME
   leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
 
@@ -120,7 +121,7 @@ def _sweep_cell(cfg: Any) -> Any:
     started = time.time()
     if env_rank() != 0:  # an extra data-parallel process of this cell (e.g. SLURM tasks): rank zero reports
         return _stage(cfg)
-    if _COMMAND in ("run", "evaluate") and not cfg.get("force", False):
+    if _COMMAND in ("run", "evaluate", "reference") and not cfg.get("force", False):
         done = find_record(cfg)
         if done is not None:
             log.info("cell already complete, skipped (force=true re-runs it): %s", done)
@@ -134,7 +135,7 @@ def _sweep_cell(cfg: Any) -> Any:
         result = _stage(cfg)
     except Exception as err:
         reason = f"{type(err).__name__}: {err}"
-        failed = find_record(cfg, ("failed",)) if _COMMAND in ("run", "evaluate") else None
+        failed = find_record(cfg, ("failed",)) if _COMMAND in ("run", "evaluate", "reference") else None
         if failed is not None and failed.stat().st_mtime < started:
             failed = None  # an older attempt's record: this failure happened before a record was written
         if failed is not None:
@@ -181,6 +182,10 @@ def _call(name: str, cfg: Any) -> Any:
         from bench.evaluate import evaluate
 
         return evaluate(cfg)
+    if name == "reference":
+        from bench.references import score_reference
+
+        return score_reference(cfg)
     from bench.run import run
 
     return run(cfg)

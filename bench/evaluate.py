@@ -15,11 +15,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bench.config import as_path, cache_dir, config_hash, resolved
+from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.runtime import load_dataset_split, split_info
 from bench.structures_io import read_samples
 
-__all__ = ["evaluate", "build_reference", "metrics_table"]
+__all__ = ["evaluate", "score", "build_reference", "metrics_table"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,15 @@ def metrics_table(record: ResultRecord) -> str:
     return capture.get()
 
 
+def _add_dataset_settings(metric_cfg: dict[str, Any], cfg: DictConfig) -> None:
+    """Dataset-specific metric settings live in the dataset config (COV cutoffs, the property to predict)."""
+    cutoffs = cfg.dataset.get("cov_cutoffs")
+    if cutoffs is not None:
+        metric_cfg["cov_cutoffs"] = OmegaConf.to_container(cutoffs, resolve=True)
+    if cfg.dataset.get("property"):
+        metric_cfg["property"] = str(cfg.dataset.property)
+
+
 def _read_json_if(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -77,22 +87,12 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     Returns:
         The record and the path it was written to (``None`` when ``record.write`` is false).
     """
-    from bench.metrics import run_metrics
-
     start = time.perf_counter()
     samples_file = as_path(cfg.get("samples")) or Path(cfg.paths.run_dir) / "samples.csv"
     external = as_path(cfg.get("samples")) is not None
     sample_set = read_samples(samples_file)
-    reference, checksums, skipped = build_reference(cfg)
-    metric_cfg = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
-    if isinstance(metric_cfg, dict):
-        metric_cfg.setdefault("cov_cutoffs", OmegaConf.to_container(cfg.dataset.get("cov_cutoffs", {})))
-    report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg), progress=True)
-    eval_seconds = time.perf_counter() - start
-
     meta = sample_set.meta
-    run_dir = Path(cfg.paths.run_dir)
-    train_summary = {} if external else _read_json_if(run_dir / "train_summary.json")
+    train_summary = {} if external else _read_json_if(Path(cfg.paths.run_dir) / "train_summary.json")
     model = cfg.evaluate.get("model_name") or meta.get("model") or cfg.model.name
     family = cfg.evaluate.get("family") or meta.get("family") or (cfg.model.family if not external else "external")
     variant = cfg.evaluate.get("variant") or meta.get("variant") or (cfg.model.variant if not external else model)
@@ -108,12 +108,41 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
         "sample_seconds": meta.get("sample_seconds"),
         "samples_per_second": meta.get("samples_per_second"),
         "sample_device": meta.get("device"),
-        "evaluate_seconds": eval_seconds,
-        "evaluate_peak_memory_mb": peak_memory_mb(),
+        **(extra_cost or {}),
     }
-    cost.update(extra_cost or {})
-    if train_summary.get("data_checksums"):
-        checksums.update(train_summary["data_checksums"])
+    return score(
+        cfg, sample_set, model=str(model), family=str(family), variant=str(variant),
+        kind="external" if external else "run", cost=cost,
+        train_checksums=train_summary.get("data_checksums"), started=start,
+    )
+
+
+def score(
+    cfg: DictConfig,
+    sample_set: Any,
+    *,
+    model: str,
+    family: str,
+    variant: str,
+    kind: str,
+    cost: dict[str, Any] | None = None,
+    train_checksums: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> tuple[ResultRecord, Path | None]:
+    """Run the metric suite on ``sample_set`` against ``cfg.dataset`` and write the record (and per-sample CSV)."""
+    from bench.metrics import run_metrics
+
+    start = time.perf_counter() if started is None else started
+    reference, checksums, skipped = build_reference(cfg)
+    metric_cfg = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
+    if isinstance(metric_cfg, dict):
+        _add_dataset_settings(metric_cfg, cfg)
+    report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg), progress=True)
+    cost = dict(cost or {})
+    cost["evaluate_seconds"] = time.perf_counter() - start
+    cost["evaluate_peak_memory_mb"] = peak_memory_mb()
+    if train_checksums:
+        checksums.update(train_checksums)
     split = split_info(cfg)
     counts = {
         "n_requested": len(sample_set.structures),
@@ -122,12 +151,12 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
         "n_train": len(reference.train),
         "n_reference": len(reference.test),
         "n_reference_rows_skipped": skipped,
-        "samples_file": str(samples_file),
+        "samples_file": str(sample_set.source),
     }
     record = ResultRecord(
-        model=str(model),
-        family=str(family),
-        variant=str(variant),
+        model=model,
+        family=family,
+        variant=variant,
         dataset=cfg.dataset.name,
         split_protocol=split["label"],
         split=split,
@@ -136,18 +165,17 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
         counts=counts,
         metrics=report.metrics,
         metric_settings=report.settings,
-        cost={k: v for k, v in cost.items()},
+        cost=cost,
         provenance=provenance(),
         config=resolved(cfg),
         config_hash=config_hash(cfg),
-        kind="external" if external else "run",
+        kind=kind,
     )
     path = None
     if cfg.record.get("write", True):
         path = write_record(record, cfg.paths.results_dir)
-        per_sample = path.with_suffix(".samples.csv")
         frame = report.per_sample.copy()
         frame.insert(0, "id", sample_set.ids[: len(frame)])
         frame.insert(1, "build_failure", sample_set.reasons[: len(frame)])
-        frame.to_csv(per_sample, index=False)
+        atomic_write_text(path.with_suffix(".samples.csv"), frame.to_csv(index=False))
     return record, path
