@@ -1,7 +1,8 @@
 """Reading and writing sets of generated structures, so evaluation can score any model's samples.
 
 Formats read: the samples CSV this project writes (``cif`` column plus ``status``/``reason``), any CSV with a ``cif``
-column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, and a pymatgen JSON list. Items that
+column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, a pymatgen JSON list, extended XYZ
+(``.extxyz``/``.xyz``, through ASE, an optional dependency) and CDVAE's ``eval_gen.pt`` tensors. Items that
 could not be constructed are kept as ``None`` with their reason, so the denominator of validity is the number of
 samples asked for, as in CDVAE.
 """
@@ -137,6 +138,68 @@ def _read_json(path: Path) -> SampleSet:
     return SampleSet(structures, [str(i) for i in range(len(data))], reasons, str(path))
 
 
+def _read_extxyz(path: Path) -> SampleSet:
+    try:
+        from ase.io import read as ase_read
+        from pymatgen.io.ase import AseAtomsAdaptor
+    except ImportError:
+        raise SampleFileError(
+            f"{path}: reading extended XYZ needs ASE: pip install 'matgenbench[ase]' (or convert to CIF)"
+        ) from None
+    try:
+        frames = ase_read(str(path), index=":", format="extxyz")
+    except Exception as err:
+        raise SampleFileError(f"{path}: not a readable extended XYZ file ({err})") from err
+    structures: list[Structure | None] = []
+    reasons: list[str | None] = []
+    for atoms in frames:
+        try:
+            if not atoms.pbc.all() or atoms.cell.volume <= 0:
+                raise ValueError("frame has no periodic cell (Lattice=... missing)")
+            structures.append(AseAtomsAdaptor.get_structure(atoms))
+            reasons.append(None)
+        except Exception as err:
+            structures.append(None)
+            reasons.append(f"unusable frame: {err}")
+    return SampleSet(structures, [str(i) for i in range(len(frames))], reasons, str(path))
+
+
+def _read_cdvae_pt(path: Path) -> SampleSet:
+    """CDVAE's ``eval_gen.pt``: ``frac_coords [B, total_atoms, 3]``, ``atom_types [B, total_atoms]`` (atomic
+    numbers), ``lengths``/``angles [B, n, 3]``, ``num_atoms [B, n]``; the leading batch of repeated evaluations is
+    flattened (Xie et al. 2022, txie-93/cdvae scripts/evaluate.py and eval_utils.get_crystals_list)."""
+    import torch
+    from pymatgen.core import Lattice
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    needed = ("frac_coords", "atom_types", "lengths", "angles", "num_atoms")
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise SampleFileError(f"{path}: not a CDVAE eval_gen.pt (missing {', '.join(missing)})")
+    frac, types = data["frac_coords"], data["atom_types"]
+    lengths, angles, num_atoms = data["lengths"], data["angles"], data["num_atoms"]
+    if num_atoms.dim() == 1:  # a single evaluation without the leading batch dimension
+        frac, types, lengths, angles, num_atoms = (t.unsqueeze(0) for t in (frac, types, lengths, angles, num_atoms))
+    structures: list[Structure | None] = []
+    reasons: list[str | None] = []
+    ids: list[str] = []
+    for b in range(num_atoms.shape[0]):
+        start = 0
+        for i, n in enumerate(num_atoms[b].tolist()):
+            ids.append(f"{b}-{i}")
+            coords = frac[b, start:start + n].numpy()
+            numbers = types[b, start:start + n].tolist()
+            start += n
+            try:
+                lattice = Lattice.from_parameters(*lengths[b, i].tolist(), *angles[b, i].tolist())
+                structures.append(Structure(lattice, numbers, coords))
+                reasons.append(None)
+            except Exception as err:
+                structures.append(None)
+                reasons.append(f"not constructed: {err}")
+    return SampleSet(structures, ids, reasons, str(path))
+
+
 def read_samples(path: str | Path) -> SampleSet:
     """Read generated structures from a CSV (``cif`` column), a folder of CIFs or a pymatgen JSON list.
 
@@ -152,12 +215,16 @@ def read_samples(path: str | Path) -> SampleSet:
         sample_set = _read_csv(path)
     elif path.suffix.lower() == ".json":
         sample_set = _read_json(path)
+    elif path.suffix.lower() in (".extxyz", ".xyz"):
+        sample_set = _read_extxyz(path)
+    elif path.suffix.lower() == ".pt":
+        sample_set = _read_cdvae_pt(path)
     elif path.suffix.lower() == ".cif":
         sample_set = SampleSet([_parse_cif(path.read_text())], [path.stem], [None], str(path))
     else:
         raise SampleFileError(
-            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, "
-            "a folder of .cif files, or a .json list of pymatgen structures"
+            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, a folder of "
+            ".cif files, a .json list of pymatgen structures, an .extxyz file or CDVAE's eval_gen.pt"
         )
     failed = len(sample_set.structures) - sample_set.n_constructed
     if failed:

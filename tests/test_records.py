@@ -106,3 +106,36 @@ def test_cif_folder_and_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "x.parquet").write_text("")
     with pytest.raises(SampleFileError, match="unsupported"):
         read_samples(tmp_path / "x.parquet")
+
+
+def test_extxyz_and_cdvae_tensors(tmp_path: Path) -> None:
+    import torch
+
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    pytest.importorskip("ase")
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from ase.io import write as ase_write
+
+    ase_write(str(tmp_path / "s.extxyz"), [AseAtomsAdaptor.get_atoms(nacl)] * 2, format="extxyz")
+    sample_set = read_samples(tmp_path / "s.extxyz")
+    assert sample_set.n_constructed == 2
+    assert sample_set.structures[0].composition == nacl.composition
+
+    # CDVAE eval_gen.pt: one evaluation batch holding a 2-atom NaCl primitive cell and a 1-atom Cu cell
+    prim = nacl.get_primitive_structure()
+    data = {
+        "frac_coords": torch.tensor([[*prim.frac_coords.tolist(), [0.0, 0.0, 0.0]]]),
+        "atom_types": torch.tensor([[11, 17, 29]]),
+        "lengths": torch.tensor([[list(prim.lattice.abc), [3.6, 3.6, 3.6]]]),
+        "angles": torch.tensor([[list(prim.lattice.angles), [90.0, 90.0, 90.0]]]),
+        "num_atoms": torch.tensor([[2, 1]]),
+    }
+    torch.save(data, tmp_path / "eval_gen.pt")
+    sample_set = read_samples(tmp_path / "eval_gen.pt")
+    assert sample_set.ids == ["0-0", "0-1"]
+    assert sample_set.structures[0].composition.reduced_formula == "NaCl"
+    assert sample_set.structures[1].composition.reduced_formula == "Cu"
+    torch.save({"frac_coords": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(SampleFileError, match="missing"):
+        read_samples(tmp_path / "bad.pt")
