@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import numpy as np
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from bench.metrics.composition import check_composition
-from bench.metrics.settings import DistributionSettings, ValiditySettings
+from bench.metrics.settings import DistributionSettings, ParallelSettings, ValiditySettings
 from bench.metrics.structure_checks import check_construction, check_structure
+
+if TYPE_CHECKING:
+    from bench.metrics.fingerprints import Fingerprint
 
 __all__ = ["GeneratedSet", "SampleRecord"]
 
@@ -38,11 +42,17 @@ class SampleRecord:
     element_amounts: tuple[tuple[str, float], ...]
     density: float
     num_elems: int | None
+    fingerprint_ok: bool | None = None
+    fingerprint_reason: str = ""
 
     @property
     def valid(self) -> bool:
-        """CDVAE's ``valid``: structurally and compositionally valid."""
-        return self.struct_valid and self.comp_valid
+        """CDVAE's ``valid``: structurally and compositionally valid, and (when required) fingerprintable.
+
+        ``fingerprint_ok`` is None when the fingerprint was not required (or not needed: the item is already
+        invalid), so only a computed failure makes an item invalid.
+        """
+        return self.struct_valid and self.comp_valid and self.fingerprint_ok is not False
 
 
 def _record(index: int, item: Structure | None, validity: ValiditySettings) -> SampleRecord:
@@ -98,10 +108,15 @@ class GeneratedSet(Sequence[Structure | None]):
     Composition validity is computed for every item that has sites, constructed or not, as CDVAE does
     (its ``Crystal.get_composition`` reads the atom types even when the lattice failed).
 
+    With ``validity.require_fingerprint`` the structure fingerprint of every struct- and comp-valid item is
+    computed with the records (CDVAE counts an item whose fingerprint raises as invalid); fingerprints are
+    memoised per item and shared with the fingerprint metrics.
+
     Args:
         items: Generated structures; ``None`` marks a sample that could not be made into a crystal.
         validity: Validity conventions.
         progress: Show a progress bar for the per-structure loops.
+        parallel: Worker pool settings for the per-structure fingerprints.
     """
 
     def __init__(
@@ -109,11 +124,14 @@ class GeneratedSet(Sequence[Structure | None]):
         items: Sequence[Structure | None],
         validity: ValiditySettings | None = None,
         progress: bool = False,
+        parallel: ParallelSettings | None = None,
     ) -> None:
         self.items: list[Structure | None] = list(items)
         self.validity = validity or ValiditySettings()
         self.progress = progress
+        self.parallel = parallel or ParallelSettings()
         self._records: list[SampleRecord] | None = None
+        self._fingerprints: dict[int, Fingerprint] = {}
         self._memo: dict[Any, Any] = {}
 
     @classmethod
@@ -122,13 +140,14 @@ class GeneratedSet(Sequence[Structure | None]):
         generated: Sequence[Structure | None],
         validity: ValiditySettings | None = None,
         progress: bool = False,
+        parallel: ParallelSettings | None = None,
     ) -> GeneratedSet:
         """Reuse ``generated`` if it already is a ``GeneratedSet`` with the same validity settings."""
         validity = validity or ValiditySettings()
         if isinstance(generated, GeneratedSet) and generated.validity == validity:
             return generated
         items = generated.items if isinstance(generated, GeneratedSet) else generated
-        return cls(items, validity, progress)
+        return cls(items, validity, progress, parallel)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -148,10 +167,60 @@ class GeneratedSet(Sequence[Structure | None]):
         """One :class:`SampleRecord` per item (computed on first access)."""
         if self._records is None:
             bar = tqdm(self.items, desc="validity", unit="struct", disable=not self.progress, leave=False)
-            self._records = [_record(i, item, self.validity) for i, item in enumerate(bar)]
-            n_invalid = sum(not r.valid for r in self._records)
-            logger.info("validity: %d of %d generated items invalid", n_invalid, len(self._records))
+            records = [_record(i, item, self.validity) for i, item in enumerate(bar)]
+            if self.validity.require_fingerprint:
+                records = self._with_fingerprint_validity(records)
+            self._records = records
+            n_invalid = sum(not r.valid for r in records)
+            logger.info("validity: %d of %d generated items invalid", n_invalid, len(records))
         return self._records
+
+    def _with_fingerprint_validity(self, records: list[SampleRecord]) -> list[SampleRecord]:
+        """Records of struct- and comp-valid items, marked with whether their fingerprint is computable."""
+        candidates = [r.index for r in records if r.struct_valid and r.comp_valid]
+        fps = self._compute_fingerprints(candidates)
+        out = list(records)
+        for i in candidates:
+            fp = fps[i]
+            out[i] = dataclasses.replace(records[i], fingerprint_ok=fp.ok, fingerprint_reason=fp.reason)
+        n_failed = sum(not fps[i].ok for i in candidates)
+        if n_failed:
+            logger.warning(
+                "%d struct- and comp-valid items have no fingerprint and count as invalid", n_failed
+            )
+        return out
+
+    def _compute_fingerprints(self, indices: Iterable[int]) -> dict[int, Fingerprint]:
+        from bench.metrics.fingerprints import compute_fingerprints
+
+        wanted = [int(i) for i in indices]
+        missing = [i for i in dict.fromkeys(wanted) if i not in self._fingerprints]
+        if missing:
+            fps = compute_fingerprints(
+                [self.items[i] for i in missing],
+                self.parallel,
+                progress=self.progress,
+                desc="fingerprints",
+            )
+            self._fingerprints.update(zip(missing, fps, strict=True))
+        return {i: self._fingerprints[i] for i in wanted}
+
+    def fingerprints(self, indices: Iterable[int] | None = None) -> dict[int, Fingerprint]:
+        """Fingerprints of the items at ``indices`` (default: every constructed item), computed once per item.
+
+        Items that were not constructed get a ``not_constructed`` failure without being fingerprinted (CDVAE
+        has no structure for them; it would fingerprint a cell below ``min_volume``, which is skipped here).
+        """
+        from bench.metrics.fingerprints import Fingerprint
+
+        records = self.records
+        wanted = range(len(self.items)) if indices is None else [int(i) for i in indices]
+        built = [i for i in wanted if records[i].constructed]
+        out = self._compute_fingerprints(built)
+        for i in wanted:
+            if i not in out:
+                out[i] = Fingerprint(None, None, f"not_constructed: {records[i].construct_reason}")
+        return {i: out[i] for i in wanted}
 
     def flags(self, name: str) -> np.ndarray:
         """Boolean array of a record flag: ``constructed``, ``struct_valid``, ``comp_valid`` or ``valid``."""

@@ -22,16 +22,30 @@ from tqdm.auto import tqdm
 
 from bench.metrics.base import MetricResult, ReferenceSet
 from bench.metrics.generated import GeneratedSet
-from bench.metrics.matching import FormulaIndex, build_matcher, formula_key, matcher_params
+from bench.metrics.matching import (
+    FormulaIndex,
+    build_matcher,
+    first_matches,
+    matcher_params,
+    reduce_structure,
+)
 from bench.metrics.settings import MatcherSettings, MetricSettings, settings_hash
 
-__all__ = ["Memorized", "Novel", "Unique"]
+__all__ = ["Memorized", "Novel", "Unique", "reduced_generated"]
+
+
+def reduced_generated(gset: GeneratedSet, i: int, primitive_cell: bool) -> Structure:
+    """The matcher-reduced form of generated item ``i``, computed once per run (shared by matcher metrics)."""
+    cache = gset.memo(("reduced_structures", primitive_cell), dict)
+    if i not in cache:
+        cache[i] = reduce_structure(gset[i], primitive_cell)
+    return cache[i]
 
 
 def _uniqueness(gset: GeneratedSet, settings: MatcherSettings) -> dict[str, Any]:
     """Per-item uniqueness of valid items: each is compared with every earlier valid item of its formula."""
     matcher = build_matcher(settings)
-    index = FormulaIndex([], matcher)
+    index = FormulaIndex([], matcher, prefilter=settings.prefilter)
     n = len(gset)
     unique = np.full(n, np.nan)
     duplicate_of = pd.array([pd.NA] * n, dtype="Int64")
@@ -39,8 +53,8 @@ def _uniqueness(gset: GeneratedSet, settings: MatcherSettings) -> dict[str, Any]
     valid = gset.valid_indices
     for i in tqdm(valid, desc="unique", unit="struct", disable=not gset.progress, leave=False):
         structure = gset[int(i)]
-        reduced = index.reduce(structure)
-        earlier = index.buckets.get(formula_key(structure), [])
+        reduced = reduced_generated(gset, int(i), index.primitive_cell) if index.prefilter else None
+        earlier = index.candidates(structure, reduced)
         # Any match makes the item a duplicate, so order only matters for speed: first occurrences first.
         ordered = [p for p in earlier if is_first[p]] + [p for p in earlier if not is_first[p]]
         hit = index.first_match(structure, ordered, reduced_query=reduced)
@@ -55,6 +69,7 @@ def _uniqueness(gset: GeneratedSet, settings: MatcherSettings) -> dict[str, Any]
         "n_valid": len(valid),
         "n_unique": int(np.nansum(unique)),
         "n_match_errors": index.n_errors,
+        "matcher_calls": index.stats(),
         "matcher": matcher_params(matcher),
     }
 
@@ -64,19 +79,24 @@ def _novelty(gset: GeneratedSet, prepared: FormulaIndex) -> dict[str, Any]:
     n = len(gset)
     novel = np.full(n, np.nan)
     match_id = pd.array([pd.NA] * n, dtype="Int64")
-    valid = gset.valid_indices
-    errors_before = prepared.n_errors
-    for i in tqdm(valid, desc="novel", unit="struct", disable=not gset.progress, leave=False):
-        hit = prepared.first_match(gset[int(i)])
+    valid = [int(i) for i in gset.valid_indices]
+    before = prepared.stats()
+    reduced = (
+        [reduced_generated(gset, i, prepared.primitive_cell) for i in valid] if prepared.prefilter else None
+    )
+    hits = first_matches(prepared, [gset[i] for i in valid], reduced, gset.parallel, gset.progress, "novel")
+    for i, hit in zip(valid, hits, strict=True):
         novel[i] = float(hit is None)
         if hit is not None:
             match_id[i] = prepared.ident(hit)
+    after = prepared.stats()
     return {
         "novel": novel,
         "novel_match_id": match_id,
         "n_valid": len(valid),
         "n_novel": int(np.nansum(novel)),
-        "n_match_errors": prepared.n_errors - errors_before,
+        "n_match_errors": after["n_errors"] - before["n_errors"],
+        "matcher_calls": {k: after[k] - before[k] for k in after},
         "matcher": matcher_params(prepared.matcher),
     }
 
@@ -115,6 +135,7 @@ class Unique(_MatcherMetric):
             "n_unique": res["n_unique"],
             "n_valid": n_valid,
             "n_match_errors": res["n_match_errors"],
+            "matcher_calls": res["matcher_calls"],
             "matcher_convention": self.settings.matcher.convention,
             "per_sample_columns": {"duplicate_of": res["duplicate_of"]},
         }
@@ -135,7 +156,9 @@ class Novel(_MatcherMetric):
 
     def prepare(self, reference: ReferenceSet) -> FormulaIndex:
         """Bucket the training structures by reduced formula (reduced lazily, on first comparison)."""
-        return FormulaIndex(reference.train, build_matcher(self.settings.matcher))
+        return FormulaIndex(
+            reference.train, build_matcher(self.settings.matcher), prefilter=self.settings.matcher.prefilter
+        )
 
     def _result(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> dict[str, Any]:
         gset = GeneratedSet.wrap(generated, self.settings.validity)
@@ -152,6 +175,7 @@ class Novel(_MatcherMetric):
             "n_novel": res["n_novel"],
             "n_valid": n_valid,
             "n_match_errors": res["n_match_errors"],
+            "matcher_calls": res["matcher_calls"],
             "matcher_convention": self.settings.matcher.convention,
             "per_sample_columns": {"novel_match_id": res["novel_match_id"]},
         }

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from bench.metrics.coverage import (
+    AMCDPrecision,
+    AMCDRecall,
+    AMSDPrecision,
+    AMSDRecall,
+    COVPrecision,
+    COVRecall,
+)
 from bench.metrics.distribution import JSDElements, JSDSpacegroup, WDistDensity, WDistNumElems
+from bench.metrics.diversity import CompDiv, StructDiv
 from bench.metrics.novelty import Memorized, Novel, Unique
+from bench.metrics.property import WDistProp
+from bench.metrics.recall import TestRecall
 from bench.metrics.settings import MetricSettings
 from bench.metrics.validity import CompValid, StructValid, Valid
 
@@ -20,6 +31,16 @@ REGISTRY: dict[str, type] = {
     "wdist_num_elems": WDistNumElems,
     "jsd_spacegroup": JSDSpacegroup,
     "jsd_elements": JSDElements,
+    "cov_recall": COVRecall,
+    "cov_precision": COVPrecision,
+    "amsd_recall": AMSDRecall,
+    "amsd_precision": AMSDPrecision,
+    "amcd_recall": AMCDRecall,
+    "amcd_precision": AMCDPrecision,
+    "comp_div": CompDiv,
+    "struct_div": StructDiv,
+    "wdist_prop": WDistProp,
+    "test_recall": TestRecall,
 }
 
 

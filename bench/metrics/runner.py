@@ -35,6 +35,8 @@ _RECORD_COLUMNS = (
     "min_distance",
     "comp_valid",
     "comp_reason",
+    "fingerprint_ok",
+    "fingerprint_reason",
     "valid",
     "formula",
     "density",
@@ -45,7 +47,16 @@ _RECORD_COLUMNS = (
 def package_versions() -> dict[str, str | None]:
     """Versions of the packages whose behaviour the metric values depend on."""
     out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("pymatgen", "pymatgen-core", "smact", "spglib", "numpy", "scipy"):
+    for dist in (
+        "pymatgen",
+        "pymatgen-core",
+        "smact",
+        "spglib",
+        "numpy",
+        "scipy",
+        "matminer",
+        "scikit-learn",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -100,6 +111,7 @@ def _per_sample_frame(
         }
     )
     frame["num_elems"] = pd.array(frame["num_elems"].tolist(), dtype="Int64")
+    frame["fingerprint_ok"] = pd.array(frame["fingerprint_ok"].tolist(), dtype="boolean")
     in_sample = np.zeros(len(records), dtype=bool)
     in_sample[sample] = True
     frame["in_distribution_sample"] = in_sample
@@ -136,7 +148,10 @@ def run_metrics(
     """
     settings = MetricSettings.from_mapping(cfg)
     metrics = [build_metric(name, settings) for name in settings.names]
-    gset = GeneratedSet(generated, settings.validity, progress=progress)
+    for metric in metrics:
+        if hasattr(metric, "progress"):  # metrics with slow reference-side loops show a bar in prepare()
+            metric.progress = progress
+    gset = GeneratedSet(generated, settings.validity, progress=progress, parallel=settings.parallel)
     t0 = time.perf_counter()
     records = gset.records
     validity_seconds = time.perf_counter() - t0
@@ -157,7 +172,11 @@ def run_metrics(
         if key not in prepared_by_key:
             path = None
             checksum = _reference_checksum(metric, reference)
-            if cache_dir is not None and getattr(metric, "cacheable", True) and checksum:
+            unavailable = getattr(metric, "unavailable", None)
+            missing = unavailable(reference) if unavailable is not None else None
+            if missing is not None:
+                logger.info("%s: %s (not cached)", metric.name, missing)
+            if cache_dir is not None and getattr(metric, "cacheable", True) and checksum and missing is None:
                 path = cache_path(Path(cache_dir), checksum, prepare_name, shash)
             t0 = time.perf_counter()
             prepared_by_key[key], hit = cached(path, lambda m=metric: m.prepare(reference))
@@ -190,6 +209,7 @@ def run_metrics(
         "n_constructed": int(per_sample["constructed"].sum()),
         "n_struct_valid": int(per_sample["struct_valid"].sum()),
         "n_comp_valid": int(per_sample["comp_valid"].sum()),
+        "n_fingerprint_failed": int((~per_sample["fingerprint_ok"]).sum(skipna=True)),
         "n_valid": int(per_sample["valid"].sum()),
         "n_distribution_sample": len(sample),
         "n_train": len(reference.train),

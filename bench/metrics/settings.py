@@ -12,9 +12,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
+    "CoverageCutoffs",
     "DistributionSettings",
+    "ParallelSettings",
     "MatcherSettings",
     "MetricSettings",
+    "PropertyModelSettings",
     "ValiditySettings",
     "settings_hash",
     "to_plain",
@@ -66,6 +69,9 @@ class ValiditySettings:
             CDVAE ran) or ``icsd24`` (the default of smact >= 3).
         pauling_test: Apply the Pauling electronegativity test.
         include_alloys: Count all-metal compositions as valid.
+        require_fingerprint: ``valid`` also needs the CrystalNN structure fingerprint to be computable
+            (CDVAE ``Crystal.get_fingerprints`` marks a structure invalid when it raises). Costs one
+            fingerprint (~0.1 s for 5 atoms) per struct- and comp-valid item.
     """
 
     min_distance: float = 0.5
@@ -76,6 +82,7 @@ class ValiditySettings:
     smact_table: Literal["smact14", "icsd24"] = "smact14"
     pauling_test: bool = True
     include_alloys: bool = True
+    require_fingerprint: bool = True
 
     def __post_init__(self) -> None:
         if self.comp_valid_mode not in COMP_VALID_MODES:
@@ -96,12 +103,16 @@ class MatcherSettings:
         convention: A key of ``conventions``.
         conventions: Named keyword sets for ``StructureMatcher``; ``cdvae`` is CDVAE's ``RecEval``
             (stol 0.5, ltol 0.3, angle_tol 10), ``default`` is pymatgen's own defaults.
+        prefilter: Compare only pairs that can match: same reduced formula and primitive-cell size, and a
+            lattice mapping within ``ltol``/``angle_tol`` (``bench.metrics.matching``); the results are those
+            of trying every pair, only faster. ``false`` tries every pair (for verification and timing).
     """
 
     convention: str = "cdvae"
     conventions: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"cdvae": {"stol": 0.5, "ltol": 0.3, "angle_tol": 10}, "default": {}}
     )
+    prefilter: bool = True
 
     def __post_init__(self) -> None:
         if self.convention not in self.conventions:
@@ -143,6 +154,87 @@ class DistributionSettings:
             )
 
 
+@dataclass(frozen=True)
+class ParallelSettings:
+    """The worker pool of the slow per-structure loops (fingerprints; novelty and recall matching).
+
+    These settings change how fast results come, never the results.
+
+    Attributes:
+        workers: Worker processes; null (or 0) = all CPUs, 1 = in this process.
+        chunk_size: Structures per task sent to a worker (small, so a slow structure does not stall the pool).
+        min_parallel: Fewer structures than this are handled in this process (a pool costs ~1 s to start).
+        start_method: ``multiprocessing`` start method; null = ``fork`` where the platform has it.
+    """
+
+    workers: int | None = None
+    chunk_size: int = 4
+    min_parallel: int = 64
+    start_method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ValueError("parallel.workers must be null or >= 0")
+        if self.chunk_size < 1 or self.min_parallel < 0:
+            raise ValueError("parallel.chunk_size must be >= 1 and min_parallel >= 0")
+        if self.start_method not in (None, "fork", "spawn", "forkserver"):
+            raise ValueError(
+                f"parallel.start_method must be null, fork, spawn or forkserver, got {self.start_method!r}"
+            )
+
+
+@dataclass(frozen=True)
+class CoverageCutoffs:
+    """COV-R / COV-P distance cutoffs of a dataset (CDVAE scripts/compute_metrics.py ``COV_Cutoffs``).
+
+    Attributes:
+        struct: Cutoff on the Euclidean distance between CrystalNN structure fingerprints.
+        comp: Cutoff on the Euclidean distance between scaled Magpie composition fingerprints.
+    """
+
+    struct: float
+    comp: float
+
+    def __post_init__(self) -> None:
+        if not (self.struct > 0 and self.comp > 0):
+            raise ValueError(f"cov_cutoffs must be positive, got struct={self.struct} comp={self.comp}")
+
+
+PROPERTY_MODELS = ("hgb", "ridge")
+
+
+@dataclass(frozen=True)
+class PropertyModelSettings:
+    """The property predictor behind ``wdist_prop`` (trained on the training split, cached on disk).
+
+    Attributes:
+        model: ``hgb`` (scikit-learn ``HistGradientBoostingRegressor``) or ``ridge`` (standardised ridge).
+        crystalnn: Add the mean CrystalNN fingerprint to the features (Magpie + geometry otherwise); costs a
+            fingerprint per training structure on a cold cache.
+        max_train: Use at most this many training structures (seeded draw); null = all.
+        seed: Seed of that draw and of the model.
+        max_iter: Boosting iterations (``hgb``).
+        learning_rate: Boosting learning rate (``hgb``).
+        alpha: Ridge penalty (``ridge``).
+    """
+
+    model: Literal["hgb", "ridge"] = "hgb"
+    crystalnn: bool = True
+    max_train: int | None = None
+    seed: int = 0
+    max_iter: int = 300
+    learning_rate: float = 0.1
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.model not in PROPERTY_MODELS:
+            raise ValueError(f"property_model.model must be one of {PROPERTY_MODELS}, got {self.model!r}")
+        if self.max_train is not None and self.max_train < 10:
+            raise ValueError("property_model.max_train must be null or >= 10")
+        if self.max_iter < 1 or self.learning_rate <= 0 or self.alpha < 0:
+            raise ValueError("property_model.max_iter >= 1, learning_rate > 0 and alpha >= 0 are required")
+
+
 DEFAULT_NAMES: tuple[str, ...] = (
     "struct_valid",
     "comp_valid",
@@ -156,15 +248,39 @@ DEFAULT_NAMES: tuple[str, ...] = (
     "jsd_elements",
 )
 
+# The metrics that need fingerprints of the reference split or of every generated structure (slow on a cold
+# cache); ``conf/metrics/full.yaml`` adds them to the default list.
+FINGERPRINT_NAMES: tuple[str, ...] = (
+    "cov_recall",
+    "cov_precision",
+    "amsd_recall",
+    "amsd_precision",
+    "amcd_recall",
+    "amcd_precision",
+    "comp_div",
+    "struct_div",
+    "wdist_prop",
+    "test_recall",
+)
+
 
 @dataclass(frozen=True)
 class MetricSettings:
-    """All settings of one evaluation; built from the ``metrics`` config mapping by :meth:`from_mapping`."""
+    """All settings of one evaluation; built from the ``metrics`` config mapping by :meth:`from_mapping`.
+
+    ``cov_cutoffs`` and ``property`` describe the dataset, not the suite: the evaluate stage copies them from
+    the dataset config (``dataset.cov_cutoffs``, ``dataset.property``) into the metrics mapping, so they are
+    absent from ``conf/metrics/*.yaml``. Without them the metrics that need them return NaN with a reason.
+    """
 
     names: tuple[str, ...] = DEFAULT_NAMES
     validity: ValiditySettings = field(default_factory=ValiditySettings)
     matcher: MatcherSettings = field(default_factory=MatcherSettings)
     distribution: DistributionSettings = field(default_factory=DistributionSettings)
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    property_model: PropertyModelSettings = field(default_factory=PropertyModelSettings)
+    cov_cutoffs: CoverageCutoffs | None = None
+    property: str | None = None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None = None) -> MetricSettings:
@@ -188,6 +304,8 @@ class MetricSettings:
             ("validity", ValiditySettings),
             ("matcher", MatcherSettings),
             ("distribution", DistributionSettings),
+            ("parallel", ParallelSettings),
+            ("property_model", PropertyModelSettings),
         ):
             given = plain.get(name) or {}
             _check_keys(name, given, sub)
@@ -197,7 +315,19 @@ class MetricSettings:
                 given = {**given, "conventions": merged}
             sections[name] = sub(**given)
         names = tuple(plain.get("names", DEFAULT_NAMES))
-        return cls(names=names, **sections)
+        cutoffs = plain.get("cov_cutoffs")
+        if cutoffs:  # an empty mapping (dataset without cutoffs) counts as none
+            if not isinstance(cutoffs, dict):
+                raise ValueError(f"cov_cutoffs must be a mapping with keys struct and comp, got {cutoffs!r}")
+            _check_keys("cov_cutoffs", cutoffs, CoverageCutoffs)
+            missing = sorted({"struct", "comp"} - set(cutoffs))
+            if missing:
+                raise ValueError(f"cov_cutoffs lacks {missing}; give both struct and comp")
+            sections["cov_cutoffs"] = CoverageCutoffs(float(cutoffs["struct"]), float(cutoffs["comp"]))
+        prop = plain.get("property")
+        if prop is not None and not isinstance(prop, str):
+            raise ValueError(f"property must be a property column name (a string), got {prop!r}")
+        return cls(names=names, property=prop or None, **sections)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view, as recorded in a result."""

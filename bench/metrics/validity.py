@@ -40,12 +40,15 @@ class _ValidityRate:
         """No reference-side work."""
         return None
 
+    def _extra(self, gset: GeneratedSet) -> dict[str, Any]:
+        return {}
+
     def __call__(self, generated: Sequence[Structure | None], prepared: Any = None) -> MetricResult:
-        gset = GeneratedSet.wrap(generated, self.settings.validity)
+        gset = GeneratedSet.wrap(generated, self.settings.validity, parallel=self.settings.parallel)
         flags = gset.flags(self.flag)
         n = len(flags)
         value = float(flags.mean()) if n else math.nan
-        extra: dict[str, Any] = {f"n_{self.flag}": int(flags.sum()), "n_generated": n}
+        extra: dict[str, Any] = {f"n_{self.flag}": int(flags.sum()), "n_generated": n, **self._extra(gset)}
         if not n:
             extra["reason"] = "no generated items"
         return MetricResult(value=value, per_sample=flags.astype(float), extra=extra)
@@ -71,8 +74,18 @@ class CompValid(_ValidityRate):
 
 
 class Valid(_ValidityRate):
-    """Fraction of generated items that are both structurally and compositionally valid."""
+    """Fraction of generated items that are structurally and compositionally valid (and, with
+    ``validity.require_fingerprint``, have a computable CrystalNN fingerprint, as in CDVAE)."""
 
     name = "valid"
     flag = "valid"
-    description = "fraction of generated items that are both struct_valid and comp_valid"
+    description = (
+        "fraction of generated items that are both struct_valid and comp_valid and have a CrystalNN "
+        "fingerprint (CDVAE)"
+    )
+
+    def _extra(self, gset: GeneratedSet) -> dict[str, Any]:
+        return {
+            "require_fingerprint": self.settings.validity.require_fingerprint,
+            "n_fingerprint_failed": sum(r.fingerprint_ok is False for r in gset.records),
+        }
