@@ -29,6 +29,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   reference    score a reference row: reference=test|copy|random (the ceiling and floor of every metric)
   datasets     list | fetch NAME [--split S] | verify NAME
   leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
+  perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -304,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         return _datasets_main(rest)
     if command == "leaderboard":
         return _leaderboard_main(rest)
+    if command == "perf":
+        from bench.metrics.perf import main as perf_main
+
+        return perf_main(rest)
     print(f"matgenbench: unknown command '{command}'; choose one of: "
-          f"{', '.join((*HYDRA_COMMANDS, 'datasets', 'leaderboard'))}", file=sys.stderr)
+          f"{', '.join((*HYDRA_COMMANDS, 'datasets', 'leaderboard', 'perf'))}", file=sys.stderr)
     return 2
 
 
