@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import pandas as pd
 import pymatgen.core
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
+
+from bench.io_utils import atomic_write_pickle
 
 from .download import default_cache_dir, file_checksums, resolve_file
 from .registry import DatasetSpec, get_spec
@@ -170,15 +171,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_pickle(path, payload)
 
 
 def _check_limit(limit: int | None) -> None:

@@ -7,12 +7,12 @@ Files live at ``<cache_dir>/metrics/<checksum>-<metric>-<settings hash>.pkl`` an
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from bench.io_utils import atomic_write_pickle
 
 __all__ = ["cache_path", "cached"]
 
@@ -27,15 +27,7 @@ def cache_path(cache_dir: Path, checksum: str, metric: str, settings_hash: str) 
 
 
 def _atomic_write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_pickle(path, obj)
 
 
 def cached(path: Path | None, compute: Callable[[], T]) -> tuple[T, bool]:
