@@ -269,19 +269,20 @@ def test_new_metrics_registered_with_direction_and_version():
         assert metric.version
 
 
-def test_reference_fingerprints_cached_on_disk(tmp_path, ref):
+def test_reference_side_cached_on_disk(tmp_path, ref):
     reference = ReferenceSet("toy", ref.train, ref.test, train_checksum="trainsum", test_checksum="testsum")
-    names = [*COVERAGE_NAMES, "test_recall"]
-    first = run_metrics([perovskite()], reference, {"names": names, "cov_cutoffs": COV}, tmp_path, False)
+    cfg = {"names": [*COVERAGE_NAMES, "test_recall", "novel"], "cov_cutoffs": COV}
+    generated = [perovskite(), perovskite(a_site="Pb")]
+    first = run_metrics(generated, reference, cfg, tmp_path, False)
     assert first.metrics["cov_recall"]["prepare_cache"] == "miss"
     assert {first.metrics[n]["prepare_cache"] for n in COVERAGE_NAMES[1:]} == {"shared"}
     fingerprints._REFERENCE_MEMO.clear()
-    second = run_metrics([perovskite()], reference, {"names": names, "cov_cutoffs": COV}, tmp_path, False)
-    assert second.metrics["cov_recall"]["prepare_cache"] == "hit"
-    assert second.metrics["test_recall"]["prepare_cache"] == "hit"
-    assert second.values() == first.values()
+    second = run_metrics(generated, reference, cfg, tmp_path, False)
+    for name in ("cov_recall", "test_recall", "novel"):
+        assert second.metrics[name]["prepare_cache"] == "hit", name
+    assert second.values() == first.values() and first.values()["novel"] == 0.5
     files = sorted(p.name for p in (tmp_path / "metrics").iterdir())
-    assert len(files) == 2 and all(f.startswith("testsum-") for f in files)
+    assert len(files) == 3 and sum(f.startswith("testsum-") for f in files) == 2
 
 
 def test_full_config_adds_the_fingerprint_metrics():

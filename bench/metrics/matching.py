@@ -25,6 +25,7 @@ given (kept for verification and timing).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -133,15 +134,19 @@ class FormulaIndex:
         self.n_errors = 0
         self.n_fits = 0
         self.n_pruned = 0
+        self._persist_reduced = False
         for pos, formula in enumerate(self._formulas):
             if formula is not None:
                 self.buckets[formula].append(pos)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_reduced"] = {}  # cheap to recompute, large to store
-        state["_lattices"] = {}
+        state["_lattices"] = {}  # cheap to recompute
         state["_by_size"] = {}
+        if self._persist_reduced and self.prefilter and len(self._reduced) == len(self._structures):
+            state["_structures"] = [None] * len(self._structures)  # only the reduced forms are used
+        else:
+            state["_reduced"] = {}
         return state
 
     def __len__(self) -> int:
@@ -275,6 +280,17 @@ class FormulaIndex:
         """Matcher calls, pairs pruned by the lattice prefilter, and matcher errors so far."""
         return {"n_fits": self.n_fits, "n_pruned": self.n_pruned, "n_errors": self.n_errors}
 
+    def reduce_all(self, settings: ParallelSettings | None = None, progress: bool = False) -> None:
+        """Reduce every indexed structure now, in the worker pool, and keep the reduced forms when pickled
+        (so a disk-cached index skips the reduction)."""
+        missing = [
+            pos for pos, s in enumerate(self._structures) if s is not None and pos not in self._reduced
+        ]
+        fn = functools.partial(_reduce_chunk, primitive_cell=self._primitive_cell)
+        reduced, _ = map_chunks(fn, [self._structures[p] for p in missing], settings, progress, "reducing")
+        self._reduced.update(zip(missing, reduced, strict=True))
+        self._persist_reduced = True
+
     def warm(self, formulas: Iterable[str]) -> None:
         """Reduce and bucket the indexed structures of these formulas now (before forking workers)."""
         if not self.prefilter:
@@ -283,6 +299,10 @@ class FormulaIndex:
             for positions in self._sizes(formula).values():
                 for pos in positions:
                     self._lattice(pos)
+
+
+def _reduce_chunk(chunk: list[Structure], primitive_cell: bool) -> list[Structure]:
+    return [reduce_structure(s, primitive_cell) for s in chunk]
 
 
 _SHARED_INDEX: FormulaIndex | None = None  # the index forked workers read (set only around a pool)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -101,6 +102,13 @@ def _novelty(gset: GeneratedSet, prepared: FormulaIndex) -> dict[str, Any]:
     }
 
 
+def _pymatgen_version() -> str | None:
+    try:
+        return metadata.version("pymatgen")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        return None
+
+
 class _MatcherMetric:
     direction: Literal["max", "min"] = "max"
     version: str = "1.0"
@@ -150,15 +158,23 @@ class Novel(_MatcherMetric):
 
     name = "novel"
     description = "fraction of valid structures matching no training structure (StructureMatcher)"
-    cacheable: ClassVar[bool] = False  # the index is cheap to build and large to store
+    cacheable: ClassVar[bool] = True  # the reduced training structures (~1 kB each)
     prepare_key: ClassVar[str] = "novel"
     reference_splits: ClassVar[tuple[str, ...]] = ("train",)
+    progress: bool = False
+
+    def settings_key(self) -> dict[str, Any]:
+        """The matcher settings, and the pymatgen version (the cache holds pickled reduced structures)."""
+        return {**super().settings_key(), "pymatgen": _pymatgen_version()}
 
     def prepare(self, reference: ReferenceSet) -> FormulaIndex:
-        """Bucket the training structures by reduced formula (reduced lazily, on first comparison)."""
-        return FormulaIndex(
+        """Bucket the training structures by reduced formula and reduce them as the matcher would (cached)."""
+        index = FormulaIndex(
             reference.train, build_matcher(self.settings.matcher), prefilter=self.settings.matcher.prefilter
         )
+        if index.prefilter:
+            index.reduce_all(self.settings.parallel, progress=self.progress)
+        return index
 
     def _result(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> dict[str, Any]:
         gset = GeneratedSet.wrap(generated, self.settings.validity)

@@ -4,7 +4,7 @@ The same N generated structures (test structures of a dataset, each perturbed wi
 scored twice with the same metrics:
 
 - fast path: reference statistics cached on disk (first run cold, then warm), exact matcher prefilters
-  (``matcher.prefilter``), fingerprints in a worker pool (``fingerprint.workers``);
+  (``matcher.prefilter``), fingerprints and matching in a worker pool (``parallel.workers``);
 - straightforward path: no cache, every same-formula pair handed to ``StructureMatcher.fit``, one process.
 
 It prints both times and their ratio, checks that every metric value agrees, and times the warm fast path at
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--metrics", default="full", choices=("default", "full"), help="metric list (default full)"
     )
     ev.add_argument("--sizes", default="500,1000,2000", help="N values timed on the warm fast path")
-    ev.add_argument("--workers", type=int, default=None, help="fingerprint workers (default: all CPUs)")
+    ev.add_argument("--workers", type=int, default=None, help="worker processes (default: all CPUs)")
     ev.add_argument("--cache-dir", default=None, help="reuse this cache dir (default: a fresh temporary one)")
     ev.add_argument("--sigma", type=float, default=0.05, help="site noise in Å (default 0.05)")
     ev.add_argument("--seed", type=int, default=0)
