@@ -13,9 +13,9 @@ from pymatgen.core import Lattice, Structure
 import bench.metrics.fingerprints as fingerprints
 from bench.metrics import (
     REGISTRY,
-    ParallelSettings,
     GeneratedSet,
     MetricSettings,
+    ParallelSettings,
     ReferenceSet,
     compute_fingerprints,
     run_metrics,
