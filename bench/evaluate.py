@@ -18,7 +18,7 @@ from bench.config import as_path, cache_dir, config_hash, resolved
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.runtime import load_dataset_split, split_info
-from bench.structures_io import read_samples
+from bench.structures_io import read_samples, samples_digest
 
 __all__ = ["evaluate", "score", "build_reference", "metrics_table"]
 
@@ -143,7 +143,7 @@ def score(
     cost["evaluate_peak_memory_mb"] = peak_memory_mb()
     if train_checksums:
         checksums.update(train_checksums)
-    split = split_info(cfg)
+    split = split_info(cfg, num_samples=len(sample_set.structures))
     counts = {
         "n_requested": len(sample_set.structures),
         "n_decoded": sample_set.n_constructed,
@@ -152,6 +152,7 @@ def score(
         "n_reference": len(reference.test),
         "n_reference_rows_skipped": skipped,
         "samples_file": str(sample_set.source),
+        "samples_sha256": samples_digest(sample_set),
     }
     record = ResultRecord(
         model=model,

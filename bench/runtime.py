@@ -72,13 +72,27 @@ def load_dataset_split(cfg: DictConfig, split: str, limit: int | None = None, ni
     )
 
 
-def split_info(cfg: DictConfig) -> dict[str, Any]:
-    """The split protocol of a run: which split trained, which was the reference, and whether it is official."""
+def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any]:
+    """The protocol of a run: which split trained, which was the reference, whether it is official, and how many
+    structures were scored.
+
+    The sample count is part of the protocol (``label`` and ``id``): metrics such as COV-R and uniqueness depend on
+    it, so 1,000-sample rows are never ranked against 10,000-sample rows.
+
+    Args:
+        cfg: the run config.
+        num_samples: structures actually scored (default: ``cfg.sample.num_samples``).
+    """
     from bench.datasets import is_official_protocol, split_protocol, split_protocol_id
 
     ds = cfg.dataset
+    if num_samples is None:
+        num_samples = OmegaConf.select(cfg, "sample.num_samples", default=None)
     label = split_protocol(ds).label
     ident = split_protocol_id(ds)
+    if num_samples is not None:
+        label = f"{label}, {int(num_samples):,} samples"
+        ident = f"{ident}_n{int(num_samples)}"
     return {
         "train": ds.train_split,
         "eval": ds.eval_split,
@@ -86,6 +100,7 @@ def split_info(cfg: DictConfig) -> dict[str, Any]:
         "official": is_official_protocol(ds),
         "limit_train": OmegaConf.select(ds, "limit_train", default=None),
         "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
+        "num_samples": None if num_samples is None else int(num_samples),
         "label": label,
         "id": ident,
     }

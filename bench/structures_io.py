@@ -22,7 +22,7 @@ from pymatgen.core import Structure
 
 from bench.io_utils import atomic_write_text
 
-__all__ = ["SampleSet", "read_samples", "write_samples_csv", "SampleFileError"]
+__all__ = ["SampleSet", "read_samples", "write_samples_csv", "samples_digest", "SampleFileError"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,30 @@ class SampleSet:
     @property
     def n_constructed(self) -> int:
         return sum(s is not None for s in self.structures)
+
+
+def samples_digest(sample_set: SampleSet, decimals: int = 5) -> str:
+    """SHA-256 of the scored structures (lattice, species, fractional coordinates rounded to ``decimals``).
+
+    Independent of the file format, so two runs that generated the same crystals have the same digest; the
+    ``reproduce`` command uses it to tell an exact re-run (every metric must agree) from a statistical one.
+    """
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for structure, reason in zip(sample_set.structures, sample_set.reasons, strict=False):
+        if structure is None:
+            digest.update(f"failed:{reason}\n".encode())
+            continue
+        lattice = np.round(structure.lattice.matrix, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
+        coords = np.round(np.mod(structure.frac_coords, 1.0), decimals) % 1.0 + 0.0
+        digest.update(np.array2string(lattice, precision=decimals, floatmode="fixed").encode())
+        for species, xyz in zip(structure.species, coords, strict=True):
+            digest.update(f"{species}:{xyz[0]:.{decimals}f},{xyz[1]:.{decimals}f},{xyz[2]:.{decimals}f};".encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def _parse_cif(text: str) -> Structure:
