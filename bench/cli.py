@@ -30,6 +30,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   datasets     list | fetch NAME [--split S] | verify NAME
   leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
+  reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -309,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.metrics.perf import main as perf_main
 
         return perf_main(rest)
+    if command == "reproduce":
+        from bench.reproduce import main as reproduce_main
+
+        return reproduce_main(rest)
     print(f"matgenbench: unknown command '{command}'; choose one of: "
-          f"{', '.join((*HYDRA_COMMANDS, 'datasets', 'leaderboard', 'perf'))}", file=sys.stderr)
+          f"{', '.join((*HYDRA_COMMANDS, 'datasets', 'leaderboard', 'perf', 'reproduce'))}", file=sys.stderr)
     return 2
 
 

@@ -30,7 +30,8 @@ def test_wheel_has_one_import_root(wheel: Path) -> None:
     assert top == {"bench"}, f"unexpected top-level entries in the wheel: {sorted(top)}"
     for needed in ("bench/models/__init__.py", "bench/datasets/__init__.py", "bench/datasets/codec.py",
                    "bench/conf/config.yaml", "bench/conf/dataset/perov_5.yaml", "bench/conf/model/ddpm.yaml",
-                   "bench/conf/trainer/cpu.yaml", "bench/metrics/data/cdvae_comp_scaler.json"):
+                   "bench/conf/trainer/cpu.yaml", "bench/metrics/data/cdvae_comp_scaler.json",
+                   "bench/metrics/data/smact_2_2_1_oxidation_states.json"):
         assert needed in names, f"{needed} missing from the wheel"
 
 

@@ -7,20 +7,35 @@ scripts/compute_metrics.py ``Crystal.get_composition``):
 2. A single element is valid; with ``include_alloys``, a composition of metals only (``smact.metals``) is
    valid.
 3. Otherwise it is valid if some assignment of one oxidation state per element is charge neutral for exactly
-   these counts (CDVAE calls ``smact.neutral_ratios`` with ``stoichs=[(c,) for c in counts]``) and passes the
-   Pauling test: every cation is less electronegative than every anion (``smact.screening.pauling_test``).
-   When a Pauling electronegativity is missing, CDVAE's smact 2.2.1 raised ``TypeError`` on the comparison and
-   CDVAE then accepted the combination; smact >= 3 returns False instead. We keep CDVAE's behaviour: pairs are
-   checked in order and the first cation-anion pair with a missing value accepts the combination.
+   these counts (CDVAE calls ``smact.neutral_ratios`` with ``stoichs=[(c,) for c in counts]``; the threshold
+   argument is then unused) and passes the Pauling test ``smact.screening.pauling_test(ox_states, enegs)``.
+   With its defaults (``repeat_anions=repeat_cations=True``, ``threshold=0``) smact 2.2.1's ``pauling_test``
+   is ``eneg_states_test``: the (element, element) pairs are taken in order and a cation that is at least as
+   electronegative as an anion (equal values included) fails the combination. Missing electronegativities
+   (``None``; He, Ne, Ar, Pm, Rn, Lr in SMACT's table): in a cation-anion pair the comparison raised
+   ``TypeError``, which CDVAE caught as "assume it is okay", accepting the combination; in a pair of like
+   sign smact 2.2.1 returned False. Whichever such pair comes first decides. We reproduce this exactly, in
+   every table mode (smact >= 3 instead returns False for any missing value).
 
 ``capped`` mode follows DiffCSP (jiaor17/DiffCSP scripts/eval_utils.py): when the number of oxidation-state
 combinations exceeds ``max_combinations`` the composition is invalid without enumeration.
 
-Oxidation-state tables: CDVAE's published numbers used smact 2.2.1, whose ``Element.oxidation_states`` read
-SMACT's 2014 table (``oxidation_states.txt``). smact >= 3 switched the default to an ICSD-2024 derived table;
-``smact14`` reads the 2014 table as shipped with the installed smact (``Element.oxidation_states_smact14``),
-``icsd24`` the new default. The installed 2014 file may carry small data fixes made after 2.2.1 (for example
-Ir's negative state, SMACT PR #33); a byte-exact copy of the 2.2.1 table is not shipped.
+Tables (``validity.smact_table``):
+
+* ``smact221`` (default): smact 2.2.1 exactly, the version CDVAE's published numbers used. Oxidation
+  states (``smact/data/oxidation_states.txt``), Pauling electronegativities (``el_neg`` of
+  ``smact/data/element_data.txt``) and ``smact.metals``, read from the PyPI sdist SMACT-2.2.1.tar.gz and
+  shipped in ``data/smact_2_2_1_oxidation_states.json`` (SMACT, WMD-group, MIT licence; provenance and
+  checksums in the file's ``_source``). It does not depend on the installed smact.
+* ``smact14``: the same 2014 table as shipped with the installed smact (``Element.oxidation_states_smact14``
+  of smact >= 3, ``Element.oxidation_states`` before), with the installed electronegativities and metals.
+  Against ``smact221`` (checked for smact 4.0.2): Ir has -3 instead of -2 (SMACT issue #31, PR #33, 2020) and
+  Zr's electronegativity is 1.33 instead of 2.2.1's typo 0.33 (SMACT PR #181, 2023); all other oxidation
+  states, electronegativities and the metals list are identical. So e.g. ``IrB3`` (B+1, Ir-3) is valid under
+  ``smact14`` only, and ``ZrCs2H2`` (Zr+4, Cs-1, H-1; the Cs anion is less electronegative than Zr at 1.33)
+  is valid under ``smact221`` only.
+* ``icsd24``: the ICSD-2024 derived table that is the default ``Element.oxidation_states`` of smact >= 3,
+  with the installed electronegativities and metals.
 
 The enumeration itself is vectorised (charges of all combinations in chunks) instead of calling smact once per
 combination; it returns the same verdict as the definition above.
@@ -29,14 +44,19 @@ combination; it returns the same verdict as the definition above.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
+from typing import Any
 
 import numpy as np
 
-__all__ = ["CompositionCheck", "check_composition", "composition_counts"]
+__all__ = ["CompositionCheck", "check_composition", "composition_counts", "smact221_table"]
+
+SMACT221_FILE = "smact_2_2_1_oxidation_states.json"
 
 _CHUNK = 1 << 20
 
@@ -50,34 +70,65 @@ class CompositionCheck:
     n_combinations: int = 0
 
 
+@lru_cache(maxsize=1)
+def smact221_table() -> dict[str, Any]:
+    """smact 2.2.1's oxidation states, Pauling electronegativities and metals (``data/`` + ``SMACT221_FILE``).
+
+    Returns:
+        The file's content: ``_source`` (provenance), ``oxidation_states`` (symbol -> list of ints),
+        ``pauling_electronegativity`` (symbol -> float or None) and ``metals`` (list of symbols).
+    """
+    text = resources.files("bench.metrics").joinpath("data", SMACT221_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
 @lru_cache(maxsize=256)
 def _element_data(symbol: str, table: str) -> tuple[tuple[int, ...], float | None, bool]:
-    """(oxidation states, Pauling electronegativity, is metal) of an element from the installed smact."""
+    """(oxidation states, Pauling electronegativity, is metal) of an element in the chosen table.
+
+    Raises:
+        KeyError: The element has no data (smact raised ``NameError``/``KeyError`` for it).
+    """
+    if table == "smact221":
+        data = smact221_table()
+        if symbol not in data["pauling_electronegativity"]:  # 2.2.1's Element() had no data for it
+            raise KeyError(symbol)
+        states = tuple(int(s) for s in data["oxidation_states"].get(symbol) or ())
+        return states, data["pauling_electronegativity"][symbol], symbol in data["metals"]
+
     import smact
 
-    element = smact.Element(symbol)
+    if table not in ("smact14", "icsd24"):
+        raise ValueError(f"unknown smact_table {table!r}")
+    try:
+        element = smact.Element(symbol)
+    except NameError as err:  # smact < 3 raised NameError for an unknown element, smact >= 3 KeyError
+        raise KeyError(symbol) from err
     if table == "smact14":
         states = getattr(element, "oxidation_states_smact14", None)
         if states is None and not hasattr(element, "oxidation_states_smact14"):
             states = element.oxidation_states  # smact < 3: the 2014 table was the default
-    elif table == "icsd24":
+    else:
         if not hasattr(element, "oxidation_states_icsd24"):
             raise ValueError("smact_table 'icsd24' needs smact >= 3")
         states = element.oxidation_states_icsd24
-    else:
-        raise ValueError(f"unknown smact_table {table!r}")
     return tuple(int(s) for s in (states or ())), element.pauling_eneg, symbol in smact.metals
 
 
 def _pauling_ok_cdvae(ox_states: tuple[int, ...], enegs: tuple[float | None, ...]) -> bool:
-    """smact 2.2.1's ``eneg_states_test`` with CDVAE's ``except TypeError: electroneg_OK = True``."""
+    """smact 2.2.1's ``eneg_states_test`` with CDVAE's ``except TypeError: electroneg_OK = True``.
+
+    Pairs are visited in ``itertools.combinations`` order, as in smact 2.2.1, and the first decisive pair
+    wins: a cation-anion pair with a missing value made the comparison raise ``TypeError`` (CDVAE: accept);
+    a like-sign pair with a missing value hit 2.2.1's ``elif eneg1 is None or eneg2 is None: return False``.
+    """
     for (ox1, e1), (ox2, e2) in itertools.combinations(zip(ox_states, enegs, strict=True), 2):
-        opposite = (ox1 > 0 and ox2 < 0) or (ox1 < 0 and ox2 > 0)
-        if not opposite:
-            continue
-        if e1 is None or e2 is None:
-            return True  # the comparison raised TypeError in smact 2.2.1; CDVAE accepted the combination
-        if (ox1 > 0 and e1 >= e2) or (ox1 < 0 and e1 <= e2):
+        if (ox1 > 0 and ox2 < 0) or (ox1 < 0 and ox2 > 0):
+            if e1 is None or e2 is None:
+                return True  # the comparison raised TypeError in smact 2.2.1; CDVAE accepted the combination
+            if (ox1 > 0 and e1 >= e2) or (ox1 < 0 and e1 <= e2):
+                return False
+        elif e1 is None or e2 is None:
             return False
     return True
 
@@ -152,7 +203,7 @@ def check_composition(
     amounts: Mapping[str, float],
     mode: str = "cdvae",
     max_combinations: int = 10_000_000,
-    smact_table: str = "smact14",
+    smact_table: str = "smact221",
     pauling_test: bool = True,
     include_alloys: bool = True,
 ) -> CompositionCheck:
@@ -163,7 +214,8 @@ def check_composition(
             ``structure.composition.element_composition``).
         mode: ``cdvae`` (full enumeration) or ``capped`` (DiffCSP's cap on the number of combinations).
         max_combinations: The cap for ``capped`` mode.
-        smact_table: ``smact14`` or ``icsd24``.
+        smact_table: ``smact221`` (smact 2.2.1 exactly, as CDVAE), ``smact14`` or ``icsd24`` (see the module
+            docstring).
         pauling_test: Apply the Pauling electronegativity test.
         include_alloys: All-metal compositions are valid.
 

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 COMP_VALID_MODES = ("cdvae", "capped")
-SMACT_TABLES = ("smact14", "icsd24")
+SMACT_TABLES = ("smact221", "smact14", "icsd24")
 ELEMENT_WEIGHTS = ("presence", "atoms")
 
 
@@ -65,8 +65,13 @@ class ValiditySettings:
             (jiaor17/DiffCSP scripts/eval_utils.py) and calls compositions with more than
             ``max_combinations`` combinations invalid.
         max_combinations: The cap used by ``capped`` mode.
-        smact_table: Oxidation-state table: ``smact14`` (SMACT's 2014 list, the default of smact 2.x that
-            CDVAE ran) or ``icsd24`` (the default of smact >= 3).
+        smact_table: SMACT data for charge neutrality and the Pauling test (``bench.metrics.composition``):
+            ``smact221`` (default) is smact 2.2.1 exactly, the version CDVAE's published numbers used
+            (oxidation states, electronegativities and metals shipped in
+            ``bench/metrics/data/smact_2_2_1_oxidation_states.json``, from the PyPI sdist; MIT licence);
+            ``smact14`` is SMACT's 2014 oxidation-state table as shipped with the installed smact, which
+            differs from 2.2.1 in Ir (-3 for -2, SMACT PR #33) and Zr's electronegativity (1.33 for 0.33,
+            SMACT PR #181); ``icsd24`` is the ICSD-2024 table, the default of smact >= 3.
         pauling_test: Apply the Pauling electronegativity test.
         include_alloys: Count all-metal compositions as valid.
         require_fingerprint: ``valid`` also needs the CrystalNN structure fingerprint to be computable
@@ -79,7 +84,7 @@ class ValiditySettings:
     self_image: bool = False
     comp_valid_mode: Literal["cdvae", "capped"] = "cdvae"
     max_combinations: int = 10_000_000
-    smact_table: Literal["smact14", "icsd24"] = "smact14"
+    smact_table: Literal["smact221", "smact14", "icsd24"] = "smact221"
     pauling_test: bool = True
     include_alloys: bool = True
     require_fingerprint: bool = True

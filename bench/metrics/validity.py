@@ -66,6 +66,7 @@ class CompValid(_ValidityRate):
     """Fraction of generated items whose composition passes CDVAE's SMACT rule."""
 
     name = "comp_valid"
+    version = "1.1"  # 1.1: Pauling test follows smact 2.2.1 on missing electronegativities
     flag = "comp_valid"
     description = (
         "fraction of generated items with a charge-neutral, electronegativity-consistent composition "
@@ -78,6 +79,7 @@ class Valid(_ValidityRate):
     ``validity.require_fingerprint``, have a computable CrystalNN fingerprint, as in CDVAE)."""
 
     name = "valid"
+    version = "1.1"  # 1.1: Pauling test follows smact 2.2.1 on missing electronegativities
     flag = "valid"
     description = (
         "fraction of generated items that are both struct_valid and comp_valid and have a CrystalNN "
