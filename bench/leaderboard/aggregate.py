@@ -314,7 +314,7 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
                 n_resamples=n_resamples,
                 seed=seed,
             )
-    for key in COST_KEYS:
+    for key in (*COST_KEYS, "train_steps"):  # train_steps: for the summary's cost lines, not a column
         values = _finite(r.cost.get(key) for r in records)
         if values:
             row.cost[key] = float(np.mean(values))

@@ -10,7 +10,10 @@ from bench.leaderboard.board import collect
 from bench.leaderboard.html import render_html
 from bench.leaderboard.markdown import render_board_markdown
 
-__all__ = ["build"]
+__all__ = ["ANALYSIS_FILE", "build"]
+
+ANALYSIS_FILE = "analysis.md"
+"""Hand-written analysis beside the board (``leaderboard/analysis.md``); both renderings show it first."""
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +22,8 @@ def build(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Validate and aggregate every record under ``results_dir``; write ``README.md`` and ``index.html``.
 
     Both files are written atomically. Invalid record files are logged and listed on the board, not used.
+    A hand-written ``<out_dir>/analysis.md``, when present, is shown above the tables in both; the findings
+    under each table are recomputed from the records (:mod:`bench.leaderboard.summary`).
 
     Args:
         results_dir: Folder of result records (``leaderboard/results``).
@@ -29,9 +34,11 @@ def build(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """
     board = collect(results_dir)
     out = Path(out_dir)
+    analysis_file = out / ANALYSIS_FILE
+    analysis = analysis_file.read_text(encoding="utf-8") if analysis_file.is_file() else None
     paths = {
-        "markdown": atomic_write_text(out / "README.md", render_board_markdown(board)),
-        "html": atomic_write_text(out / "index.html", render_html(board)),
+        "markdown": atomic_write_text(out / "README.md", render_board_markdown(board, analysis)),
+        "html": atomic_write_text(out / "index.html", render_html(board, analysis=analysis)),
     }
     log.info(
         "leaderboard built from %d record(s) (%d left out): %s",

@@ -6,6 +6,7 @@ generated in Python. The page loads nothing from the network; links to papers ar
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from html import escape
@@ -30,6 +31,7 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
+from bench.leaderboard.summary import summary_markdown
 from bench.leaderboard.published import published_meta
 from bench.leaderboard.svg import Bar, Point, bars_svg, family_colors, scatter_svg
 
@@ -78,6 +80,8 @@ table.board td.reason { text-align: left; white-space: normal; font-size: 12.5px
 .plots { display: flex; flex-wrap: wrap; gap: 12px 20px; align-items: flex-start; }
 .plots svg { background: #fff; border: 1px solid #eee; border-radius: 4px; }
 .note { font-size: 12px; color: var(--muted); margin: 2px 0 8px; }
+.findings, #analysis { max-width: 980px; font-size: 14px; }
+.findings li, #analysis li { margin: 2px 0; }
 .filtered { display: none !important; }
 section.published { border-left: 4px solid #e8d9a8; padding-left: 12px; }
 """
@@ -392,8 +396,65 @@ def _legend() -> str:
     )
 
 
-def render_html(board: Board, *, title: str = "matgenbench leaderboard") -> str:
-    """Render a :class:`Board` as one self-contained HTML page (inline CSS, JS and SVG; no network)."""
+def _inline(text: str) -> str:
+    out = escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    out = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", out)
+    out = re.sub(r"\*([^*]+)\*", r"<i>\1</i>", out)
+    return re.sub(r"\[([^\]]+)\]\((https?://[^)\s]+)\)", r'<a href="\2">\1</a>', out)
+
+
+def markdown_block(text: str) -> str:
+    """The small Markdown subset of the findings and the analysis as HTML: ``#``-headings (shown one level
+    below the page's), ``-`` bullets, paragraphs, ``**bold**``, ``*italic*``, `` `code` `` and links."""
+    html: list[str] = []
+    paragraph: list[str] = []
+    in_list = False
+
+    def flush() -> None:
+        nonlocal in_list
+        if paragraph:
+            html.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            paragraph.clear()
+        if in_list:
+            html.append("</ul>")
+            in_list = False
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            flush()
+        elif line.startswith("#"):
+            flush()
+            level = min(6, len(line) - len(line.lstrip("#")) + 2)
+            html.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            if paragraph:
+                html.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+                paragraph.clear()
+            if not in_list:
+                html.append("<ul>")
+                in_list = True
+            html.append(f"<li>{_inline(line[2:])}</li>")
+        elif in_list and raw.startswith("  "):  # continuation of a bullet
+            html[-1] = html[-1][: -len("</li>")] + " " + _inline(line) + "</li>"
+        else:
+            if in_list:
+                html.append("</ul>")
+                in_list = False
+            paragraph.append(line)
+    flush()
+    return "".join(html)
+
+
+def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysis: str | None = None) -> str:
+    """Render a :class:`Board` as one self-contained HTML page (inline CSS, JS and SVG; no network).
+
+    Args:
+        board: The aggregated board.
+        title: Page title.
+        analysis: Hand-written Markdown (``leaderboard/analysis.md``) shown under "Analysis" before the tables.
+    """
     colors = family_colors(r.family for r in board.rows)
     datasets = board.datasets()
     filters = "".join(
@@ -408,6 +469,9 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard") -> str:
         parts = [f'<section class="dataset" id="ds-{escape(dataset)}"><h2>{escape(dataset)}</h2>']
         if own:
             parts.append(_own_table(dataset, own))
+            found = summary_markdown(own, dataset)
+            if found:
+                parts.append(f'<div class="findings"><h3>Findings</h3>{markdown_block(chr(10).join(found))}</div>')
             parts.append(_plots(own, colors))
         else:
             parts.append('<p class="muted">No runs of this project on this dataset yet.</p>')
@@ -431,6 +495,8 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard") -> str:
         else '<p class="muted">No result records yet: run <code>matgenbench run</code>.</p>'
     )
     n = board.n_records
+    analysis_html = (f'<section id="analysis"><h2>Analysis</h2>{markdown_block(analysis)}</section>'
+                     if analysis and analysis.strip() else "")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -441,5 +507,5 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard") -> str:
         f"record{'s' if n != 1 else ''}, each validated against <code>record.schema.json</code>.</p>"
         f"<nav>{nav}</nav></header>"
         f'<div class="controls"><b>Families</b>{filters}</div>{_legend()}{empty}'
-        f"{''.join(sections)}{excluded}<script>{_JS}</script></body></html>\n"
+        f"{analysis_html}{''.join(sections)}{excluded}<script>{_JS}</script></body></html>\n"
     )

@@ -20,6 +20,7 @@ from bench.leaderboard.format import (
     truncate,
 )
 from bench.leaderboard.published import published_meta
+from bench.leaderboard.summary import summary_markdown
 from bench.records import ResultRecord
 
 __all__ = ["render_markdown", "render_board_markdown", "write_board"]
@@ -134,8 +135,13 @@ def _published_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def render_board_markdown(board: Board) -> str:
-    """Render a :class:`Board` as Markdown."""
+def render_board_markdown(board: Board, analysis: str | None = None) -> str:
+    """Render a :class:`Board` as Markdown.
+
+    Args:
+        board: The aggregated board.
+        analysis: Hand-written Markdown (``leaderboard/analysis.md``) placed under "Analysis" before the tables.
+    """
     lines = [
         "# matgenbench leaderboard",
         "",
@@ -149,11 +155,16 @@ def render_board_markdown(board: Board) -> str:
     ]
     if not board.n_records:
         lines += ["_No result records yet: run `matgenbench run`._", ""]
+    if analysis and analysis.strip():
+        lines += ["## Analysis", "", analysis.strip(), ""]
     for dataset in board.datasets():
         own, published = board.own_rows(dataset), board.published_rows(dataset)
         lines += [f"## {dataset}", ""]
         if own:
             lines += [*_own_table(own), ""]
+            findings = summary_markdown(own, dataset)
+            if findings:
+                lines += [f"### {dataset}: findings", "", *findings]
         else:
             lines += ["_No runs of this project on this dataset yet._", ""]
         if published:

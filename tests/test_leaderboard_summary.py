@@ -1,0 +1,79 @@
+"""Findings computed from the board: leaders, whether their lead is outside the intervals, costs; analysis.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.leaderboard import build
+from bench.leaderboard.aggregate import aggregate
+from bench.leaderboard.html import markdown_block
+from bench.leaderboard.summary import cost_lines, findings, summary_markdown
+from bench.records import ResultRecord, write_record
+
+
+def _record(model: str, seed: int, valid: float, wdist: float, kind: str = "run") -> ResultRecord:
+    return ResultRecord(
+        model=model, family=model, variant=model, dataset="perov_5", split_protocol="train=val,eval=test",
+        split={"id": "train-val_eval-test_n100", "train": "val", "official": False, "num_samples": 100},
+        seed=seed, kind=kind, config_hash=f"{model}{seed}",
+        data_checksums={"val": {"sha256": "a" * 64}},
+        metrics={"valid": {"value": valid, "direction": "max", "description": "valid"},
+                 "wdist_density": {"value": wdist, "direction": "min", "description": "W1"}},
+        cost={"train_seconds": 10.0 * (1 + seed), "train_steps": 2000, "samples_per_second": 500.0,
+              "parameters": 1000},
+    )
+
+
+def _rows():
+    records = [
+        *(_record("ddpm", s, v, w) for s, v, w in ((0, 0.90, 0.30), (1, 0.91, 0.10), (2, 0.92, 0.50))),
+        *(_record("vae", s, v, w) for s, v, w in ((0, 0.50, 0.31), (1, 0.52, 0.12), (2, 0.51, 0.49))),
+        _record("test", 0, 0.99, 0.0, kind="reference"),  # references never compete
+    ]
+    return records, aggregate(records)
+
+
+def test_leaders_and_separation() -> None:
+    _, rows = _rows()
+    by_metric = {f.metric: f for f in findings(rows)}
+    valid = by_metric["valid"]
+    assert (valid.leader, valid.runner_up) == ("ddpm", "vae")  # the test reference (0.99) does not compete
+    assert valid.separated is True and "the lead holds" in valid.sentence()
+    wdist = by_metric["wdist_density"]
+    assert wdist.direction == "min" and wdist.leader == "ddpm"  # 0.300 vs 0.307
+    assert wdist.separated is False and "not separated" in wdist.sentence() and "3 seeds" in wdist.sentence()
+
+
+def test_one_seed_makes_no_claim_and_one_row_makes_no_finding() -> None:
+    rows = aggregate([_record("ddpm", 0, 0.9, 0.3), _record("vae", 0, 0.5, 0.3)])
+    [valid] = [f for f in findings(rows) if f.metric == "valid"]
+    assert valid.separated is None and "no claim" in valid.sentence()
+    assert findings(aggregate([_record("ddpm", 0, 0.9, 0.3)])) == []
+
+
+def test_cost_lines_and_markdown() -> None:
+    _, rows = _rows()
+    lines = cost_lines(rows)
+    assert lines[0].startswith("ddpm: trains in 20 s (2,000 steps), samples 500 crystals/s")
+    text = "\n".join(summary_markdown(rows, "perov_5"))
+    assert "**valid** ↑" in text and "Cost" in text
+
+
+def test_build_places_the_analysis_and_findings(tmp_path: Path) -> None:
+    records, _ = _rows()
+    for record in records:
+        write_record(record, tmp_path / "results")
+    (tmp_path / "board").mkdir()
+    (tmp_path / "board" / "analysis.md").write_text("DDPM leads on **validity**; see `valid`.\n\n- one point\n")
+    paths = build(tmp_path / "results", tmp_path / "board")
+    md = paths["markdown"].read_text()
+    assert md.index("## Analysis") < md.index("## perov_5") < md.index("### perov_5: findings")
+    assert "DDPM leads on **validity**" in md
+    html = paths["html"].read_text()
+    assert "<b>validity</b>" in html and "<code>valid</code>" in html and '<div class="findings">' in html
+
+
+def test_markdown_block_subset() -> None:
+    html = markdown_block("### Head\n\npara one\nstill one\n\n- a **b**\n  continued\n- [x](https://e.org)\n\nend")
+    assert html == ('<h5>Head</h5><p>para one still one</p><ul><li>a <b>b</b> continued</li>'
+                    '<li><a href="https://e.org">x</a></li></ul><p>end</p>')
