@@ -76,8 +76,10 @@ def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any
     """The protocol of a run: which split trained, which was the reference, whether it is official, and how many
     structures were scored.
 
-    The sample count is part of the protocol (``label`` and ``id``): metrics such as COV-R and uniqueness depend on
-    it, so 1,000-sample rows are never ranked against 10,000-sample rows.
+    The pinned experiment (``protocol``, set by ``conf/experiment/*``) and the sample count are part of the
+    protocol (``label`` and ``id``): an ad-hoc run on the same splits is never pooled with a pinned protocol's
+    runs, and since COV-R and uniqueness depend on the sample count, 1,000-sample rows are never ranked
+    against 10,000-sample rows.
 
     Args:
         cfg: the run config.
@@ -90,6 +92,10 @@ def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any
         num_samples = OmegaConf.select(cfg, "sample.num_samples", default=None)
     label = split_protocol(ds).label
     ident = split_protocol_id(ds)
+    pinned = OmegaConf.select(cfg, "protocol", default=None)
+    if pinned:  # a pinned experiment: its runs are never pooled with ad-hoc runs on the same splits
+        label = f"{pinned}: {label}"
+        ident = f"{pinned}__{ident}"
     if num_samples is not None:
         label = f"{label}, {int(num_samples):,} samples"
         ident = f"{ident}_n{int(num_samples)}"
@@ -100,6 +106,7 @@ def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any
         "official": is_official_protocol(ds),
         "limit_train": OmegaConf.select(ds, "limit_train", default=None),
         "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
+        "protocol": pinned or None,
         "num_samples": None if num_samples is None else int(num_samples),
         "label": label,
         "id": ident,
