@@ -7,7 +7,7 @@ field shapes, and integrates from pure noise to data, drawing every random numbe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import torch
@@ -63,6 +63,11 @@ def _noise(
     return out
 
 
+def _batch_size(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """Number of samples: the leading dimension shared by every field."""
+    return next(iter(shapes.values()))[0]
+
+
 def _predict_x0(
     x_t: Mapping[str, Tensor],
     eps: Mapping[str, Tensor],
@@ -81,6 +86,21 @@ def _predict_x0(
             eps_out[key] = eps[key]
         x0[key] = pred
     return x0, eps_out
+
+
+def _reverse_steps(
+    alpha_bars: Tensor, steps: int | None, size: int, device: torch.device
+) -> Iterator[tuple[bool, Tensor, Tensor, Tensor]]:
+    """``(last, a_t, a_prev, t)`` per reverse step, from the noisiest visited step down to the first.
+
+    ``a_t`` and ``a_prev`` are ``alpha_bar`` at this step and at the previous visited one (1 before the first
+    step); ``t`` is the step index for each of ``size`` samples; ``last`` marks the final update.
+    """
+    ts = respaced_timesteps(len(alpha_bars), steps)
+    for i in reversed(range(len(ts))):
+        a_t = alpha_bars[ts[i]]
+        a_prev = alpha_bars[ts[i - 1]] if i > 0 else torch.ones_like(a_t)
+        yield i == 0, a_t, a_prev, torch.full((size,), ts[i], device=device, dtype=torch.long)
 
 
 class AncestralSampler:
@@ -114,20 +134,14 @@ class AncestralSampler:
         clip: Mapping[str, float | None] | None = None,
     ) -> dict[str, Tensor]:
         """Integrate the reverse process from ``x_T ~ N(0, I)``."""
-        ts = respaced_timesteps(len(alpha_bars), self.steps)
-        size = next(iter(shapes.values()))[0]
         x = _noise(shapes, generator, device)
-        for i in reversed(range(len(ts))):
-            a_t = alpha_bars[ts[i]]
-            a_prev = alpha_bars[ts[i - 1]] if i > 0 else torch.ones_like(a_t)
+        for last, a_t, a_prev, t in _reverse_steps(alpha_bars, self.steps, _batch_size(shapes), device):
             beta = 1.0 - a_t / a_prev
-            t = torch.full((size,), ts[i], device=device, dtype=torch.long)
-            eps = predictor(x, t)
-            x0, _ = _predict_x0(x, eps, a_t, clip if self.clip_denoised else None)
+            x0, _ = _predict_x0(x, predictor(x, t), a_t, clip if self.clip_denoised else None)
             coef0 = a_prev.sqrt() * beta / (1.0 - a_t)
             coeft = (1.0 - beta).sqrt() * (1.0 - a_prev) / (1.0 - a_t)
             mean = {k: coef0 * x0[k] + coeft * x[k] for k in x}
-            if i == 0:
+            if last:
                 x = mean
                 break
             var = beta * (1.0 - a_prev) / (1.0 - a_t) if self.variance == "posterior" else beta
@@ -165,16 +179,10 @@ class DDIMSampler:
         clip: Mapping[str, float | None] | None = None,
     ) -> dict[str, Tensor]:
         """Integrate the DDIM update from ``x_T ~ N(0, I)``."""
-        ts = respaced_timesteps(len(alpha_bars), self.steps)
-        size = next(iter(shapes.values()))[0]
         x = _noise(shapes, generator, device)
-        for i in reversed(range(len(ts))):
-            a_t = alpha_bars[ts[i]]
-            a_prev = alpha_bars[ts[i - 1]] if i > 0 else torch.ones_like(a_t)
-            t = torch.full((size,), ts[i], device=device, dtype=torch.long)
-            eps = predictor(x, t)
-            x0, eps = _predict_x0(x, eps, a_t, clip if self.clip_denoised else None)
-            if i == 0:
+        for last, a_t, a_prev, t in _reverse_steps(alpha_bars, self.steps, _batch_size(shapes), device):
+            x0, eps = _predict_x0(x, predictor(x, t), a_t, clip if self.clip_denoised else None)
+            if last:
                 x = x0
                 break
             sigma = self.eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)).sqrt()
