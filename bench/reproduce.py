@@ -444,7 +444,7 @@ def render_published(comparisons: Sequence[PublishedComparison]) -> str:
 
     from bench.leaderboard.published import published_meta
 
-    console = Console(width=160, record=True, force_terminal=False)
+    console = Console(width=240, record=True, force_terminal=False)
     with console.capture() as capture:
         for comp in comparisons:
             meta = published_meta(comp.source)
@@ -469,7 +469,7 @@ def render_published(comparisons: Sequence[PublishedComparison]) -> str:
                     if value is not None and ref is not None:
                         text += f" ({value - ref:+.3g})"
                     cells.append(text)
-                table.add_row(row.name, "ours" if row.kind != "reference" else "ours, reference", *cells)
+                table.add_row(row.model, "ours" if row.kind != "reference" else "ours, reference", *cells)
             console.print(table)
             if anchor is not None:
                 console.print(f"  (in brackets: our value minus {anchor.name}'s published value)")
