@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIG_MODULE", "compose", "config_hash", "resolved", "cache_dir", "as_path"]
+__all__ = ["CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "resolved", "record_config", "cache_dir", "as_path"]
 
 CONFIG_MODULE = "bench.conf"
 
@@ -46,6 +46,29 @@ def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         container = dict(cfg)
     container.pop("hydra", None)
     return container
+
+
+LOCAL_PATH = "<local>"
+"""What a record keeps of an absolute data or cache directory: where one machine keeps its data is not
+provenance (the data checksums are), and a published record must not carry it."""
+_LOCAL_KEYS = ("data_dir", "cache_dir")
+
+
+def record_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as a result record stores it: an absolute ``paths.data_dir`` / ``paths.cache_dir``
+    becomes :data:`LOCAL_PATH`.
+
+    Output paths are kept (they say where the run's checkpoint and samples are). None of ``paths`` enters the
+    config hash, and ``matgenbench reproduce`` replaces the node with the paths of the machine it runs on.
+    """
+    data = resolved(cfg)
+    paths = data.get("paths")
+    if isinstance(paths, dict):
+        for key in _LOCAL_KEYS:
+            value = paths.get(key)
+            if isinstance(value, str) and Path(value).expanduser().is_absolute():
+                paths[key] = LOCAL_PATH
+    return data
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import as_path, cache_dir, config_hash, resolved
+from bench.config import as_path, cache_dir, config_hash, record_config
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.runtime import load_dataset_split, split_info
@@ -168,7 +168,7 @@ def score(
         metric_settings=report.settings,
         cost=cost,
         provenance=provenance(),
-        config=resolved(cfg),
+        config=record_config(cfg),
         config_hash=config_hash(cfg),
         kind=kind,
     )

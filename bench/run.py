@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import config_hash, resolved
+from bench.config import config_hash, record_config
 from bench.records import ResultRecord, provenance, write_record
 
 __all__ = ["run", "failed_record"]
@@ -37,7 +37,7 @@ def failed_record(cfg: DictConfig, stage: str, err: BaseException) -> ResultReco
         status="failed",
         reason=f"{stage}: {type(err).__name__}: {err}",
         provenance={**provenance(), "traceback": traceback.format_exc(limit=20)},
-        config=resolved(cfg),
+        config=record_config(cfg),
         config_hash=config_hash(cfg),
     )
 

@@ -139,3 +139,14 @@ def test_extxyz_and_cdvae_tensors(tmp_path: Path) -> None:
     torch.save({"frac_coords": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(SampleFileError, match="missing"):
         read_samples(tmp_path / "bad.pt")
+
+
+def test_record_config_keeps_no_machine_paths(tmp_path) -> None:
+    from bench.config import LOCAL_PATH, compose, config_hash, record_config
+
+    cfg = compose([f"paths.data_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    stored = record_config(cfg)
+    assert stored["paths"]["data_dir"] == LOCAL_PATH and stored["paths"]["cache_dir"] == LOCAL_PATH
+    assert stored["paths"]["results_dir"] == cfg.paths.results_dir  # output paths stay
+    assert str(tmp_path) not in repr(stored)
+    assert config_hash(stored) == config_hash(cfg)  # paths never enter the hash
