@@ -11,12 +11,27 @@ from typing import Any
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_pickle", "read_json"]
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it; once, at import, before any worker threads)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``.
+
+    The file gets the permissions a plain ``open(path, "w")`` would (0666 less the umask), not the private
+    0600 of the temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -150,3 +150,12 @@ def test_record_config_keeps_no_machine_paths(tmp_path) -> None:
     assert stored["paths"]["results_dir"] == cfg.paths.results_dir  # output paths stay
     assert str(tmp_path) not in repr(stored)
     assert config_hash(stored) == config_hash(cfg)  # paths never enter the hash
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
+    from bench import io_utils
+
+    path = io_utils.atomic_write_text(tmp_path / "r.json", "{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == io_utils._FILE_MODE
