@@ -75,5 +75,11 @@ def test_build_places_the_analysis_and_findings(tmp_path: Path) -> None:
 
 def test_markdown_block_subset() -> None:
     html = markdown_block("### Head\n\npara one\nstill one\n\n- a **b**\n  continued\n- [x](https://e.org)\n\nend")
-    assert html == ('<h5>Head</h5><p>para one still one</p><ul><li>a <b>b</b> continued</li>'
+    assert html == ('<h4>Head</h4><p>para one still one</p><ul><li>a <b>b</b> continued</li>'
                     '<li><a href="https://e.org">x</a></li></ul><p>end</p>')
+
+
+def test_markdown_block_nested_bullets() -> None:
+    html = markdown_block("- top\n  - inner one\n    wrapped\n  - inner two\n- next\n\nafter")
+    assert html == ("<ul><li>top<ul><li>inner one wrapped</li><li>inner two</li></ul></li><li>next</li></ul>"
+                    "<p>after</p>")

@@ -406,44 +406,51 @@ def _inline(text: str) -> str:
 
 def markdown_block(text: str) -> str:
     """The small Markdown subset of the findings and the analysis as HTML: ``#``-headings (shown one level
-    below the page's), ``-`` bullets, paragraphs, ``**bold**``, ``*italic*``, `` `code` `` and links."""
+    below the page's), ``-`` bullets nested by two-space indents, paragraphs, ``**bold**``, ``*italic*``,
+    `` `code` `` and links."""
     html: list[str] = []
     paragraph: list[str] = []
-    in_list = False
+    depth = 0  # open <ul> levels, each with an open <li>
 
-    def flush() -> None:
-        nonlocal in_list
+    def end_paragraph() -> None:
         if paragraph:
             html.append(f"<p>{_inline(' '.join(paragraph))}</p>")
             paragraph.clear()
-        if in_list:
-            html.append("</ul>")
-            in_list = False
+
+    def close_lists(to: int) -> None:
+        nonlocal depth
+        while depth > to:
+            html.append("</li></ul>")
+            depth -= 1
 
     for raw in text.splitlines():
         line = raw.strip()
+        indent = len(raw) - len(raw.lstrip(" "))
         if not line:
-            flush()
+            end_paragraph()
+            close_lists(0)
         elif line.startswith("#"):
-            flush()
-            level = min(6, len(line) - len(line.lstrip("#")) + 2)
+            end_paragraph()
+            close_lists(0)
+            level = min(6, len(line) - len(line.lstrip("#")) + 1)
             html.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("- "):
-            if paragraph:
-                html.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-                paragraph.clear()
-            if not in_list:
+            end_paragraph()
+            level = min(indent // 2 + 1, depth + 1)
+            if level > depth:
                 html.append("<ul>")
-                in_list = True
-            html.append(f"<li>{_inline(line[2:])}</li>")
-        elif in_list and raw.startswith("  "):  # continuation of a bullet
-            html[-1] = html[-1][: -len("</li>")] + " " + _inline(line) + "</li>"
+                depth = level
+            else:
+                close_lists(level)
+                html.append("</li>")
+            html.append(f"<li>{_inline(line[2:])}")
+        elif depth and indent:  # continuation of the open bullet
+            html.append(f" {_inline(line)}")
         else:
-            if in_list:
-                html.append("</ul>")
-                in_list = False
+            close_lists(0)
             paragraph.append(line)
-    flush()
+    end_paragraph()
+    close_lists(0)
     return "".join(html)
 
 
