@@ -66,6 +66,12 @@ def test_sampling_is_reproducible_from_the_checkpoint(tmp_path: Path) -> None:
     assert first == second
     other = Path(sample(_cfg(tmp_path, "model=ddpm", "model.module.sampler.steps=5", "sample.seed=99"))["path"])
     assert other.read_text() != first
+    # the run's own sampler keeps the model's variant; another sampler is a variant of its own on the board
+    assert sample(cfg)["variant"] == "ddpm-eps-cosine"
+    ddim = _cfg(tmp_path, "model=ddpm", "sampler@model.module.sampler=ddim", "model.module.sampler.steps=4")
+    assert sample(ddim)["variant"] == "ddpm-eps-cosine+ddim-4"
+    eta = _cfg(tmp_path, "model=ddpm", "sampler@model.module.sampler=ddim", "model.module.sampler.eta=0.5")
+    assert sample(eta)["variant"] == "ddpm-eps-cosine+ddim-50-eta0.5"
 
 
 def test_a_crash_writes_a_failed_record(tmp_path: Path) -> None:
