@@ -82,13 +82,16 @@ def _read_json_if(path: Path) -> dict[str, Any]:
 
 
 def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple[ResultRecord, Path | None]:
-    """Score the samples of ``cfg`` (``samples``, else ``<run_dir>/samples.csv``) and write the record.
+    """Score the samples of ``cfg`` (``samples``, else the sample stage's file in the run directory) and write
+    the record.
 
     Returns:
         The record and the path it was written to (``None`` when ``record.write`` is false).
     """
     start = time.perf_counter()
-    samples_file = as_path(cfg.get("samples")) or Path(cfg.paths.run_dir) / "samples.csv"
+    from bench.sample import samples_path
+
+    samples_file = as_path(cfg.get("samples")) or samples_path(cfg)
     external = as_path(cfg.get("samples")) is not None
     sample_set = read_samples(samples_file)
     meta = sample_set.meta

@@ -7,20 +7,68 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench.records import peak_memory_mb
 from bench.runtime import seed_everything, set_threads
 from bench.structures_io import write_samples_csv
 
-__all__ = ["sample", "samples_path"]
+__all__ = ["sample", "samples_path", "sampler_override", "sampler_tag"]
 
 log = logging.getLogger(__name__)
 
 
+def _sampler_presets() -> dict[str, dict[str, Any]]:
+    """``_target_ -> settings`` of the sampler presets shipped in ``conf/sampler/`` (read as YAML, no torch)."""
+    from importlib import resources
+
+    presets: dict[str, dict[str, Any]] = {}
+    for entry in resources.files("bench.conf").joinpath("sampler").iterdir():
+        if entry.name.endswith(".yaml"):
+            node = OmegaConf.to_container(OmegaConf.create(entry.read_text(encoding="utf-8")), resolve=True)
+            if isinstance(node, dict) and node.get("_target_"):
+                presets[str(node["_target_"])] = node
+    return presets
+
+
+def sampler_tag(sampler: dict[str, Any]) -> str:
+    """Short label of a sampler config for variant names, e.g. ``ddim-50`` or ``ddim-50-eta0.5``.
+
+    The class name without ``Sampler``, the number of steps, and every other setting that differs from the
+    class's preset in ``conf/sampler/``, so two sampler configs that sample differently never share a label.
+    """
+    target = str(sampler.get("_target_", "sampler"))
+    parts = [target.rsplit(".", 1)[-1].removesuffix("Sampler").lower() or "sampler"]
+    if sampler.get("steps") is not None:
+        parts.append(str(sampler["steps"]))
+    preset = _sampler_presets().get(target, {})
+    for key in sorted(sampler):
+        if key in ("_target_", "steps") or (key in preset and sampler[key] == preset[key]):
+            continue
+        parts.append(f"{key}{sampler[key]}")
+    return "-".join(parts)
+
+
+def sampler_override(model_cfg: DictConfig, trained_model: DictConfig) -> str | None:
+    """:func:`sampler_tag` of ``model_cfg``'s sampler when it differs from the one the run trained with, else None."""
+    if "sampler" not in model_cfg.get("module", {}) or "sampler" not in trained_model.get("module", {}):
+        return None
+    asked = OmegaConf.to_container(model_cfg.module.sampler, resolve=True)
+    trained_with = OmegaConf.to_container(trained_model.module.sampler, resolve=True)
+    return None if asked == trained_with else sampler_tag(asked)
+
+
 def samples_path(cfg: DictConfig) -> Path:
-    """Where the sample stage writes (and the evaluate stage reads by default): ``<run_dir>/samples.csv``."""
-    return Path(cfg.paths.run_dir) / "samples.csv"
+    """Where the sample stage writes (and the evaluate stage reads by default): ``<run_dir>/samples.csv``, or
+    ``<run_dir>/samples+<sampler tag>.csv`` when ``cfg`` samples the run with another sampler than its own, so
+    the run's own samples are never overwritten."""
+    run_dir = Path(cfg.paths.run_dir)
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        tag = sampler_override(cfg.model, OmegaConf.load(saved).model)
+        if tag is not None:
+            return run_dir / f"samples+{tag}.csv"
+    return run_dir / "samples.csv"
 
 
 def sample(cfg: DictConfig) -> dict[str, Any]:

@@ -261,33 +261,6 @@ def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
         )
 
 
-def sampler_tag(sampler: dict[str, Any]) -> str:
-    """Short label of a sampler config for variant names, e.g. ``ddim-50`` or ``ancestral-100-eta0.5``.
-
-    The class name without ``Sampler``, the number of steps, and every other setting that differs from the
-    sampler class's defaults, so two sampler configs that sample differently never share a label.
-    """
-    import importlib
-    import inspect
-
-    target = str(sampler.get("_target_", "sampler"))
-    name = target.rsplit(".", 1)[-1].removesuffix("Sampler").lower() or "sampler"
-    parts = [name]
-    if sampler.get("steps") is not None:
-        parts.append(str(sampler["steps"]))
-    try:
-        module_name, cls_name = target.rsplit(".", 1)
-        params = inspect.signature(getattr(importlib.import_module(module_name), cls_name)).parameters
-        defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    except (ValueError, ImportError, AttributeError):
-        defaults = {}
-    for key in sorted(sampler):
-        if key in ("_target_", "steps") or (key in defaults and sampler[key] == defaults[key]):
-            continue
-        parts.append(f"{key}{sampler[key]}")
-    return "-".join(parts)
-
-
 def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
     """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
 
@@ -312,10 +285,11 @@ def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tu
     codec = CrystalCodec.from_state(json.loads((run_dir / "codec.json").read_text()))
     model_node = saved.model
     if model_cfg is not None and "sampler" in model_cfg.module and "sampler" in model_node.module:
-        trained_with = OmegaConf.to_container(model_node.module.sampler, resolve=True)
-        asked = OmegaConf.to_container(model_cfg.module.sampler, resolve=True)
-        if asked != trained_with:  # another sampler than the run's own: a variant of its own on the board
-            model_node.variant = f"{model_node.variant}+{sampler_tag(asked)}"
+        from bench.sample import sampler_override
+
+        tag = sampler_override(model_cfg, model_node)
+        if tag is not None:  # another sampler than the run's own: a variant of its own on the board
+            model_node.variant = f"{model_node.variant}+{tag}"
         model_node.module.sampler = model_cfg.module.sampler
     module = build_module(model_node, codec.num_types, codec.max_atoms)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]

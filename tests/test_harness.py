@@ -132,3 +132,23 @@ def test_cli_errors_name_the_input(tmp_path: Path) -> None:
     assert result.returncode == 2 and "unknown command" in result.stderr
     result = _cli(tmp_path, "evaluate", "dataset=tiny", f"samples={tmp_path / 'nope.csv'}")
     assert result.returncode != 0 and "nope.csv" in result.stderr
+
+
+def test_another_sampler_writes_its_own_samples_file(tmp_path: Path) -> None:
+    from bench.sample import sample, sampler_tag, samples_path
+    from bench.train import train
+
+    cfg = _cfg(tmp_path, "model=ddpm", "model.module.sampler.steps=5")
+    train(cfg)
+    own = Path(sample(cfg)["path"])
+    ddim = _cfg(tmp_path, "model=ddpm", "sampler@model.module.sampler=ddim", "model.module.sampler.steps=4")
+    other = Path(sample(ddim)["path"])
+    assert own.name == "samples.csv" and other.name == "samples+ddim-4.csv" == samples_path(ddim).name
+    assert own.exists() and own.read_text() != other.read_text()  # the run's own samples are kept
+    sampler = {"_target_": "bench.models.diffusion.samplers.DDIMSampler", "steps": 50, "eta": 0.0,
+               "clip_denoised": False}
+    assert sampler_tag(sampler) == "ddim-50-clip_denoisedFalse"
+    from bench.evaluate import evaluate
+
+    record, _ = evaluate(ddim)  # reads the DDIM samples, not the run's own
+    assert record.variant == "ddpm-eps-cosine+ddim-4" and record.counts["samples_file"] == str(other)
