@@ -133,3 +133,18 @@ def test_published_comparison_states_protocol_differences(tiny_record: Path, tmp
     with pytest.raises(Exception, match="unknown published table"):
         compare_published(results, "nope")
     assert main(["--published", "cdvae", "--results", str(tmp_path / "empty")]) == 2
+
+
+def test_a_reference_record_reproduces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.references import score_reference
+
+    cfg = compose([
+        "dataset=tiny", "logger=none", "reference=random", "sample.num_samples=10", "seed=4",
+        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.results_dir={tmp_path / 'results'}",
+        f"paths.leaderboard_dir={tmp_path / 'board'}", "record.regenerate_board=false",
+    ])
+    record, path = score_reference(cfg)
+    assert record.kind == "reference" and path is not None
+    assert main([str(path), "--out", str(tmp_path / "re")]) == 0
+    report = json.loads((tmp_path / "re" / "reproduce.json").read_text())
+    assert report["mode"].startswith("exact") and report["ok"]
