@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command in (*HYDRA_COMMANDS, "reproduce"):
+        from bench.records import code_version
+
+        code_version()  # records name the code this process started with, even if the checkout changes later
     if command not in HYDRA_COMMANDS and "LOCAL_RANK" in os.environ \
             and os.environ.get(_COMMAND_ENV) in HYDRA_COMMANDS:  # a DDP process started by Lightning
         command, rest = os.environ[_COMMAND_ENV], argv

@@ -10,6 +10,7 @@ matbench-discovery's per-model files, with the provenance MatterGen's benchmark 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib.metadata
 import logging
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "load_records",
     "provenance",
     "peak_memory_mb",
+    "code_version",
 ]
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,14 @@ def peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The commit of this checkout, read once per process: a long sweep keeps running the code it imported at
+    its start, so that start is what its records must name (the CLI reads it before any work)."""
+    return _read_git_commit()
+
+
+def _read_git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -153,6 +162,11 @@ def _hardware() -> dict[str, Any]:
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_count"] = torch.cuda.device_count()
     return info
+
+
+def code_version() -> str | None:
+    """Git commit of the running code (``+dirty`` with local changes), as read at the first call."""
+    return _git_commit()
 
 
 def provenance() -> dict[str, Any]:

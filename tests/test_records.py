@@ -159,3 +159,14 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
     assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == io_utils._FILE_MODE
+
+
+def test_git_commit_is_read_once_per_process(monkeypatch) -> None:
+    from bench import records
+
+    records._git_commit.cache_clear()
+    calls = []
+    monkeypatch.setattr(records, "_read_git_commit", lambda: calls.append(1) or f"abc{len(calls)}")
+    first = records.code_version()
+    assert records.provenance()["git_commit"] == first == "abc1" and len(calls) == 1
+    records._git_commit.cache_clear()
