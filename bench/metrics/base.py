@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+from bench.metrics.settings import MetricSettings
 
 if TYPE_CHECKING:
     import pandas as pd
     from pymatgen.core import Structure
 
-__all__ = ["Metric", "MetricReport", "MetricResult", "ReferenceSet"]
+__all__ = ["GeneratedOnlyMetric", "Metric", "MetricReport", "MetricResult", "ReferenceSet"]
 
 
 @dataclass
@@ -53,6 +55,24 @@ class Metric(Protocol):
     def __call__(self, generated: Sequence[Structure | None], prepared: Any) -> MetricResult:
         """Score generated items (``None`` = produced but not constructible) against prepared statistics."""
         ...
+
+
+class GeneratedOnlyMetric:
+    """Base of metrics computed from the generated items alone: nothing reference-side to prepare or cache."""
+
+    version: str = "1.0"
+    cacheable: ClassVar[bool] = False
+
+    def __init__(self, settings: MetricSettings | None = None) -> None:
+        self.settings = settings or MetricSettings()
+
+    def settings_key(self) -> dict[str, Any]:
+        """The settings the reference side depends on: none."""
+        return {}
+
+    def prepare(self, reference: ReferenceSet) -> None:
+        """No reference-side work."""
+        return None
 
 
 @dataclass

@@ -201,47 +201,49 @@ class COVPrecision(_CoverageMetric):
         )
 
 
-class AMSDRecall(_CoverageMetric):
+class _MeanNearest(_CoverageMetric):
+    """Mean nearest-neighbour fingerprint distance (CDVAE AMSD / AMCD), lower is better.
+
+    ``distances`` names the per-item distances of :func:`_coverage` to average: ``*_recall`` ones are per test
+    structure, ``*_precision`` ones per fingerprinted generated item (and so also give a per-sample column).
+    """
+
+    direction: Literal["max", "min"] = "min"
+    distances: ClassVar[str]
+
+    def _score(self, res: dict[str, Any], extra: dict[str, Any]) -> MetricResult:
+        values = res[self.distances]
+        per_sample = self._per_generated(res, values) if self.distances.endswith("_precision") else None
+        return MetricResult(value=float(np.mean(values)), per_sample=per_sample, extra=extra)
+
+
+class AMSDRecall(_MeanNearest):
     """Mean over test structures of the distance to the nearest generated structure fingerprint."""
 
     name = "amsd_recall"
-    direction: Literal["max", "min"] = "min"
+    distances = "struct_recall"
     description = "mean nearest structure-fingerprint distance from test to generated (CDVAE AMSD-R)"
 
-    def _score(self, res: dict[str, Any], extra: dict[str, Any]) -> MetricResult:
-        return MetricResult(value=float(np.mean(res["struct_recall"])), extra=extra)
 
-
-class AMSDPrecision(_CoverageMetric):
+class AMSDPrecision(_MeanNearest):
     """Mean over fingerprinted generated items of the distance to the nearest test structure fingerprint."""
 
     name = "amsd_precision"
-    direction: Literal["max", "min"] = "min"
+    distances = "struct_precision"
     description = "mean nearest structure-fingerprint distance from generated to test (CDVAE AMSD-P)"
 
-    def _score(self, res: dict[str, Any], extra: dict[str, Any]) -> MetricResult:
-        per_sample = self._per_generated(res, res["struct_precision"])
-        return MetricResult(value=float(np.mean(res["struct_precision"])), per_sample=per_sample, extra=extra)
 
-
-class AMCDRecall(_CoverageMetric):
+class AMCDRecall(_MeanNearest):
     """Mean over test structures of the distance to the nearest scaled composition fingerprint."""
 
     name = "amcd_recall"
-    direction: Literal["max", "min"] = "min"
+    distances = "comp_recall"
     description = "mean nearest composition-fingerprint distance from test to generated (CDVAE AMCD-R)"
 
-    def _score(self, res: dict[str, Any], extra: dict[str, Any]) -> MetricResult:
-        return MetricResult(value=float(np.mean(res["comp_recall"])), extra=extra)
 
-
-class AMCDPrecision(_CoverageMetric):
+class AMCDPrecision(_MeanNearest):
     """Mean over fingerprinted generated items of the distance to the nearest test composition fingerprint."""
 
     name = "amcd_precision"
-    direction: Literal["max", "min"] = "min"
+    distances = "comp_precision"
     description = "mean nearest composition-fingerprint distance from generated to test (CDVAE AMCD-P)"
-
-    def _score(self, res: dict[str, Any], extra: dict[str, Any]) -> MetricResult:
-        per_sample = self._per_generated(res, res["comp_precision"])
-        return MetricResult(value=float(np.mean(res["comp_precision"])), per_sample=per_sample, extra=extra)

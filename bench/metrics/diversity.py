@@ -18,10 +18,9 @@ import numpy as np
 from pymatgen.core import Structure
 from scipy.spatial.distance import pdist
 
-from bench.metrics.base import MetricResult, ReferenceSet
+from bench.metrics.base import GeneratedOnlyMetric, MetricResult
 from bench.metrics.fingerprints import scale_composition, stack
 from bench.metrics.generated import GeneratedSet
-from bench.metrics.settings import MetricSettings
 
 __all__ = ["CompDiv", "StructDiv", "mean_pairwise_distance"]
 
@@ -33,23 +32,10 @@ def mean_pairwise_distance(points: np.ndarray) -> float:
     return float(pdist(points).mean())
 
 
-class _Diversity:
+class _Diversity(GeneratedOnlyMetric):
     name: ClassVar[str]
     description: ClassVar[str]
     direction: Literal["max", "min"] = "max"
-    version: str = "1.0"
-    cacheable: ClassVar[bool] = False  # nothing reference-side
-
-    def __init__(self, settings: MetricSettings | None = None) -> None:
-        self.settings = settings or MetricSettings()
-
-    def settings_key(self) -> dict[str, Any]:
-        """No reference-side settings."""
-        return {}
-
-    def prepare(self, reference: ReferenceSet) -> None:
-        """No reference-side work."""
-        return None
 
     def _points(self, struct: np.ndarray, comp_raw: np.ndarray) -> np.ndarray:
         raise NotImplementedError

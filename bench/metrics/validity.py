@@ -12,33 +12,19 @@ from typing import Any, ClassVar, Literal
 
 from pymatgen.core import Structure
 
-from bench.metrics.base import MetricResult, ReferenceSet
+from bench.metrics.base import GeneratedOnlyMetric, MetricResult
 from bench.metrics.generated import GeneratedSet
-from bench.metrics.settings import MetricSettings
 
 __all__ = ["CompValid", "StructValid", "Valid"]
 
 
-class _ValidityRate:
+class _ValidityRate(GeneratedOnlyMetric):
     """Fraction of all generated items whose record flag ``flag`` is true."""
 
     name: ClassVar[str]
     flag: ClassVar[str]
     description: ClassVar[str]
     direction: Literal["max", "min"] = "max"
-    version: str = "1.0"
-    cacheable: ClassVar[bool] = False  # nothing reference-side to cache
-
-    def __init__(self, settings: MetricSettings | None = None) -> None:
-        self.settings = settings or MetricSettings()
-
-    def settings_key(self) -> dict[str, Any]:
-        """The settings the reference side depends on: none."""
-        return {}
-
-    def prepare(self, reference: ReferenceSet) -> None:
-        """No reference-side work."""
-        return None
 
     def _extra(self, gset: GeneratedSet) -> dict[str, Any]:
         return {}
