@@ -116,14 +116,7 @@ def peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-@functools.cache
 def _git_commit() -> str | None:
-    """The commit of this checkout, read once per process: a long sweep keeps running the code it imported at
-    its start, so that start is what its records must name (the CLI reads it before any work)."""
-    return _read_git_commit()
-
-
-def _read_git_commit() -> str | None:
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(
@@ -164,11 +157,14 @@ def _hardware() -> dict[str, Any]:
     return info
 
 
+@functools.cache
 def code_version() -> str | None:
-    """Git commit of the running code (``+dirty`` with local changes), as read at the first call."""
+    """Git commit of the running code (``+dirty`` with local changes), read once per process: a long sweep keeps
+    running the code it imported at its start, so that start is what its records must name (the CLI reads it
+    before any work)."""
     return _git_commit()
 
 
 def provenance() -> dict[str, Any]:
     """Git commit (``+dirty`` when the tree has local changes), package versions and hardware of this process."""
-    return {"git_commit": _git_commit(), "versions": _versions(), "hardware": _hardware(), "argv": sys.argv[1:]}
+    return {"git_commit": code_version(), "versions": _versions(), "hardware": _hardware(), "argv": sys.argv[1:]}

@@ -361,7 +361,7 @@ class PublishedComparison:
     ours: list[Any]
 
 
-def _protocol_notes(dataset: str, ours: Sequence[Any], records: Sequence[ResultRecord], source: str) -> list[str]:
+def _protocol_notes(ours: Sequence[Any], records: Sequence[ResultRecord], source: str) -> list[str]:
     """Every way our rows' protocol differs from the paper's, in words."""
     notes = []
     published_n = _PUBLISHED_SAMPLES.get(source)
@@ -431,7 +431,7 @@ def compare_published(
                    if any(m in row.metrics for row in ours)]
         out.append(PublishedComparison(
             dataset=name, source=key, against=against,
-            protocol_notes=_protocol_notes(name, ours, [r for r in ours_records if r.kind != "reference"], key),
+            protocol_notes=_protocol_notes(ours, [r for r in ours_records if r.kind != "reference"], key),
             metrics=metrics, published=theirs, ours=ours,
         ))
     return out

@@ -164,9 +164,9 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path) -> None:
 def test_git_commit_is_read_once_per_process(monkeypatch) -> None:
     from bench import records
 
-    records._git_commit.cache_clear()
+    records.code_version.cache_clear()
     calls = []
-    monkeypatch.setattr(records, "_read_git_commit", lambda: calls.append(1) or f"abc{len(calls)}")
+    monkeypatch.setattr(records, "_git_commit", lambda: calls.append(1) or f"abc{len(calls)}")
     first = records.code_version()
     assert records.provenance()["git_commit"] == first == "abc1" and len(calls) == 1
-    records._git_commit.cache_clear()
+    records.code_version.cache_clear()

@@ -111,7 +111,7 @@ def cost_lines(rows: Sequence[Row]) -> list[str]:
 def summary_markdown(rows: Sequence[Row], dataset: str) -> list[str]:
     """Markdown bullet lines of the findings and costs on ``dataset`` (empty when nothing competes)."""
     mine = [r for r in rows if r.dataset == dataset]
-    found = [f for f in findings(mine)]
+    found = findings(mine)
     if not found:
         return []
     lines = ["Computed from the rows above on every build (leader vs runner-up, 95% bootstrap intervals):", ""]
