@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -142,14 +141,11 @@ def tolerance(name: str, recorded: float | None, exact: bool) -> tuple[float, st
 
 
 def _value(entry: Any) -> float | None:
-    value = entry.get("value") if isinstance(entry, Mapping) else entry
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+    """A metric entry's value as a finite float, else None."""
+    from bench.leaderboard.aggregate import finite_values
+
+    found = finite_values([entry.get("value") if isinstance(entry, Mapping) else entry])
+    return found[0] if found else None
 
 
 def compare_metrics(

@@ -29,6 +29,7 @@ __all__ = [
     "MetricSummary",
     "Row",
     "bootstrap_ci",
+    "finite_values",
     "summarize",
     "vun_rate",
     "split_superseded",
@@ -144,7 +145,8 @@ class Row:
         return None if value is None else float(value)
 
 
-def _finite(values: Iterable[Any]) -> list[float]:
+def finite_values(values: Iterable[Any]) -> list[float]:
+    """The values that are finite numbers, as floats (None, booleans, text and NaN/inf are dropped)."""
     out = []
     for v in values:
         if isinstance(v, bool) or v is None:
@@ -172,7 +174,7 @@ def bootstrap_ci(
     Returns:
         ``(low, high)``, or None with fewer than two finite values (the interval is undefined).
     """
-    data = np.asarray(_finite(values), dtype=float)
+    data = np.asarray(finite_values(values), dtype=float)
     if data.size < 2:
         return None
     rng = np.random.default_rng(seed)
@@ -192,7 +194,7 @@ def summarize(
     seed: int = 0,
 ) -> MetricSummary:
     """Mean, sample standard deviation and bootstrap CI of the finite ``values``."""
-    finite = tuple(_finite(values))
+    finite = tuple(finite_values(values))
     mean = float(np.mean(finite)) if finite else None
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     ci = bootstrap_ci(finite, n_resamples=n_resamples, seed=seed)
@@ -201,13 +203,13 @@ def summarize(
 
 def vun_rate(metrics: Mapping[str, Mapping[str, Any]]) -> float | None:
     """valid × unique × novel of one record; 0 when nothing is valid; None when a factor is missing."""
-    valid = _finite([metrics.get("valid", {}).get("value")])
+    valid = finite_values([metrics.get("valid", {}).get("value")])
     if not valid:
         return None
     if valid[0] == 0.0:
         return 0.0
-    unique = _finite([metrics.get("unique", {}).get("value")])
-    novel = _finite([metrics.get("novel", {}).get("value")])
+    unique = finite_values([metrics.get("unique", {}).get("value")])
+    novel = finite_values([metrics.get("novel", {}).get("value")])
     if not unique or not novel:
         return None
     return valid[0] * unique[0] * novel[0]
@@ -315,7 +317,7 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
                 seed=seed,
             )
     for key in (*COST_KEYS, "train_steps"):  # train_steps: for the summary's cost lines, not a column
-        values = _finite(r.cost.get(key) for r in records)
+        values = finite_values(r.cost.get(key) for r in records)
         if values:
             row.cost[key] = float(np.mean(values))
     return row
