@@ -116,6 +116,27 @@ def test_worker_pool_matches_in_process():
             np.testing.assert_array_equal(a.comp, b.comp)
 
 
+def test_numpy_and_matminer_fingerprint_codes_agree():
+    rng = np.random.default_rng(3)
+    structures = [*perovskites(), bcc("W", 3.16)]
+    for s in list(structures):
+        noisy = s.cart_coords + rng.normal(0, 0.08, (len(s), 3))
+        structures.append(Structure(s.lattice, s.species, noisy, coords_are_cartesian=True))
+    numpy_fps = compute_fingerprints(structures, ParallelSettings(workers=1, fingerprint_code="numpy"))
+    matminer_fps = compute_fingerprints(structures, ParallelSettings(workers=1, fingerprint_code="matminer"))
+    for a, b in zip(numpy_fps, matminer_fps, strict=True):
+        assert a.ok and b.ok
+        np.testing.assert_allclose(a.struct, b.struct, rtol=0, atol=1e-12)
+    assert max(np.abs(fp.struct).max() for fp in numpy_fps) > 0.1  # not all zeros
+
+
+def test_unknown_fingerprint_code_is_an_error_not_a_failed_structure():
+    with pytest.raises(ValueError, match="fingerprint_code"):
+        ParallelSettings(fingerprint_code="fortran")
+    with pytest.raises(ValueError, match="numpy"):
+        fingerprints.fingerprint_one(perovskite(), code="fortran")
+
+
 def test_nearest_distances_in_blocks_equal_full_matrix():
     rng = np.random.default_rng(0)
     gen, ref = rng.normal(size=(37, 5)), rng.normal(size=(11, 5))
@@ -133,10 +154,10 @@ def failing_fingerprint(monkeypatch):
     """CrystalNN raises for structures containing Ba."""
     original = fingerprints.structure_fingerprint
 
-    def fake(structure):
+    def fake(structure, code="numpy"):
         if "Ba" in structure.composition:
             raise ValueError("no Voronoi neighbours")
-        return original(structure)
+        return original(structure, code)
 
     monkeypatch.setattr(fingerprints, "structure_fingerprint", fake)
 
@@ -157,7 +178,7 @@ def test_fingerprint_computed_only_for_otherwise_valid_items(ref, monkeypatch):
     calls = []
     original = fingerprints.fingerprint_one
     monkeypatch.setattr(
-        fingerprints, "fingerprint_one", lambda s, rf=False: calls.append(1) or original(s, rf)
+        fingerprints, "fingerprint_one", lambda s, *args: calls.append(1) or original(s, *args)
     )
     gset = GeneratedSet([perovskite(), too_close(), None])
     assert gset.flags("valid").tolist() == [True, False, False]

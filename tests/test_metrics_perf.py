@@ -38,3 +38,4 @@ def test_perf_evaluate_end_to_end(data_dir, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert "speed-up" in out and "agree" in out and "N=6" in out
+    assert "CrystalNN fingerprint of 12 structures" in out and "matminer" in out

@@ -4,7 +4,8 @@ Definitions (Xie et al. 2022, CDVAE, txie-93/cdvae scripts/compute_metrics.py ``
 scripts/eval_utils.py ``CompScaler``):
 
 - structure fingerprint: matminer ``CrystalNNFingerprint.from_preset("ops")`` of every site, averaged over the
-  sites (61 values);
+  sites (61 values); by default its order parameters are computed by :mod:`bench.metrics.site_ops` (same
+  values, about ten times faster), ``parallel.fingerprint_code=matminer`` runs matminer's own code;
 - composition fingerprint: matminer ``ElementProperty.from_preset("magpie")`` (132 values; missing element
   data stay NaN, as in the matminer release CDVAE used), standardised with CDVAE's fixed means and standard
   deviations (``data/cdvae_comp_scaler.json``) and NaN replaced by 0 (:func:`scale_composition`);
@@ -31,7 +32,8 @@ import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
 from bench.metrics.parallel import map_chunks
-from bench.metrics.settings import ParallelSettings
+from bench.metrics.settings import FINGERPRINT_CODES, ParallelSettings
+from bench.metrics.site_ops import ops_fingerprint_from_nndata
 
 __all__ = [
     "COMP_FP_SIZE",
@@ -140,12 +142,27 @@ def cdvae_reference_form(structure: Structure) -> Structure:
     )
 
 
-def structure_fingerprint(structure: Structure) -> np.ndarray:
-    """Mean over sites of the CrystalNN ``ops`` site fingerprint (raises when CrystalNN fails)."""
+def structure_fingerprint(structure: Structure, code: str = "numpy") -> np.ndarray:
+    """Mean over sites of the CrystalNN ``ops`` site fingerprint (raises when CrystalNN fails).
+
+    Args:
+        structure: The structure.
+        code: ``numpy``: CrystalNN's neighbours (pymatgen), then the order parameters vectorised
+            (:func:`bench.metrics.site_ops.ops_fingerprint_from_nndata`); ``matminer``: matminer's
+            ``CrystalNNFingerprint.featurize``, the code CDVAE ran. Both give the same values to about 1e-15.
+    """
     site, _ = _featurizers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = [site.featurize(structure, i) for i in range(len(structure))]
+        if code == "matminer":
+            rows = [site.featurize(structure, i) for i in range(len(structure))]
+        elif code == "numpy":
+            rows = [
+                ops_fingerprint_from_nndata(structure, i, site.cnn.get_nn_data(structure, i))
+                for i in range(len(structure))
+            ]
+        else:
+            raise ValueError(f"fingerprint code must be one of {FINGERPRINT_CODES}, got {code!r}")
     return np.asarray(rows, dtype=float).mean(axis=0)
 
 
@@ -174,20 +191,25 @@ def _magpie(key: str, elements: Composition) -> np.ndarray:
     return _MAGPIE_MEMO[key]
 
 
-def fingerprint_one(structure: Structure | None, reference_form: bool = False) -> Fingerprint:
+def fingerprint_one(
+    structure: Structure | None, reference_form: bool = False, code: str = "numpy"
+) -> Fingerprint:
     """Both fingerprints of one structure; failures are reported in ``reason``, never raised.
 
     Args:
         structure: The structure (None: not constructed).
         reference_form: Put the structure in CDVAE's reference form first (:func:`cdvae_reference_form`).
+        code: Which code computes the site fingerprint (:func:`structure_fingerprint`).
     """
+    if code not in FINGERPRINT_CODES:  # checked here: errors inside the try below mean "fingerprint failed"
+        raise ValueError(f"fingerprint code must be one of {FINGERPRINT_CODES}, got {code!r}")
     if structure is None or len(structure) == 0:
         return Fingerprint(None, None, "not_constructed")
     try:
         if reference_form:
             structure = cdvae_reference_form(structure)
         comp = composition_fingerprint(structure.composition)
-        struct = structure_fingerprint(structure)
+        struct = structure_fingerprint(structure, code)
     except Exception as err:  # CDVAE: a structure whose fingerprint raises is dropped (and invalid)
         return Fingerprint(None, None, f"crystalnn_failed: {type(err).__name__}: {err}"[:200])
     if struct.shape != (STRUCT_FP_SIZE,):
@@ -195,8 +217,8 @@ def fingerprint_one(structure: Structure | None, reference_form: bool = False) -
     return Fingerprint(struct, comp, "")
 
 
-def _fingerprint_chunk(chunk: list[Structure | None], reference_form: bool) -> list[Fingerprint]:
-    return [fingerprint_one(s, reference_form) for s in chunk]
+def _fingerprint_chunk(chunk: list[Structure | None], reference_form: bool, code: str) -> list[Fingerprint]:
+    return [fingerprint_one(s, reference_form, code) for s in chunk]
 
 
 def compute_fingerprints(
@@ -220,7 +242,8 @@ def compute_fingerprints(
     """
     if structures:
         _featurizers()  # import matminer once here; forked workers inherit it
-    fn = functools.partial(_fingerprint_chunk, reference_form=reference_form)
+    code = (settings or ParallelSettings()).fingerprint_code
+    fn = functools.partial(_fingerprint_chunk, reference_form=reference_form, code=code)
     return map_chunks(fn, list(structures), settings, progress=progress, desc=desc)[0]
 
 

@@ -26,6 +26,7 @@ __all__ = [
 COMP_VALID_MODES = ("cdvae", "capped")
 SMACT_TABLES = ("smact221", "smact14", "icsd24")
 ELEMENT_WEIGHTS = ("presence", "atoms")
+FINGERPRINT_CODES = ("numpy", "matminer")
 
 
 def to_plain(obj: Any) -> Any:
@@ -170,12 +171,16 @@ class ParallelSettings:
         chunk_size: Structures per task sent to a worker (small, so a slow structure does not stall the pool).
         min_parallel: Fewer structures than this are handled in this process (a pool costs ~1 s to start).
         start_method: ``multiprocessing`` start method; null = ``fork`` where the platform has it.
+        fingerprint_code: Which code computes the CrystalNN site fingerprint: ``numpy``
+            (``bench.metrics.site_ops``, the order parameters vectorised; equal to matminer's values to
+            about 1e-15, tested) or ``matminer`` (``CrystalNNFingerprint.featurize``, the code CDVAE ran).
     """
 
     workers: int | None = None
     chunk_size: int = 4
     min_parallel: int = 64
     start_method: str | None = None
+    fingerprint_code: Literal["numpy", "matminer"] = "numpy"
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 0:
@@ -185,6 +190,10 @@ class ParallelSettings:
         if self.start_method not in (None, "fork", "spawn", "forkserver"):
             raise ValueError(
                 f"parallel.start_method must be null, fork, spawn or forkserver, got {self.start_method!r}"
+            )
+        if self.fingerprint_code not in FINGERPRINT_CODES:
+            raise ValueError(
+                f"parallel.fingerprint_code must be one of {FINGERPRINT_CODES}, got {self.fingerprint_code!r}"
             )
 
 
