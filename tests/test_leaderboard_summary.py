@@ -51,6 +51,17 @@ def test_one_seed_makes_no_claim_and_one_row_makes_no_finding() -> None:
     assert findings(aggregate([_record("ddpm", 0, 0.9, 0.3)])) == []
 
 
+def test_equal_leaders_are_a_tie_not_a_lead() -> None:
+    records = [_record(m, s, 0.9, 0.0) for m in ("ddpm", "vae", "gan") for s in range(3)]
+    records += [_record("flow", s, 0.5, 0.2) for s in range(3)]
+    by_metric = {f.metric: f for f in findings(aggregate(records))}
+    tie = by_metric["wdist_density"]
+    assert set(tie.tied) == {"ddpm", "vae", "gan"} and "flow" not in tie.tied
+    assert "tied at 0.000: no leader" in tie.sentence() and "leads" not in tie.sentence()
+    valid = by_metric["valid"]
+    assert len(valid.tied) == 3 and "no leader" in valid.sentence()
+
+
 def test_cost_lines_and_markdown() -> None:
     _, rows = _rows()
     lines = cost_lines(rows)

@@ -40,6 +40,8 @@ class Finding:
     leader_summary: MetricSummary
     runner_up: str
     runner_up_summary: MetricSummary
+    tied: tuple[str, ...] = ()
+    """Every row equal to the leader at display precision, leader included (empty when the leader is alone)."""
 
     @property
     def separated(self) -> bool | None:
@@ -51,6 +53,9 @@ class Finding:
 
     def sentence(self) -> str:
         arrow = "↑" if self.direction == "max" else "↓"
+        if self.tied:
+            return (f"**{self.metric}** {arrow}: {', '.join(self.tied)} tied at "
+                    f"{fmt_value(self.leader_summary.mean)}: no leader.")
 
         def part(name: str, s: MetricSummary) -> str:
             ci = f" [{fmt_value(s.ci[0])}, {fmt_value(s.ci[1])}]" if s.ci else ""
@@ -87,7 +92,10 @@ def findings(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE_METRICS) -> 
             direction = have[0][1].direction
             have.sort(key=lambda item: item[1].mean if direction == "min" else -item[1].mean)
             (lead, ls), (second, ss) = have[0], have[1]
-            out.append(Finding(dataset, protocol, metric, direction, lead.name, ls, second.name, ss))
+            # equal at display precision is a tie, as the board's highlighting counts it
+            tied = tuple(r.name for r, s in have if fmt_value(s.mean) == fmt_value(ls.mean))
+            out.append(Finding(dataset, protocol, metric, direction, lead.name, ls, second.name, ss,
+                               tied if len(tied) > 1 else ()))
     return out
 
 
