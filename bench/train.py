@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     history = _LossHistory()
     ckpt_dir = run_dir / "checkpoints"
     checkpoint = pl.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="step{step}", save_last=True, save_top_k=1,
+        dirpath=ckpt_dir, filename="{step}", save_last=True, save_top_k=1,
         every_n_train_steps=int(cfg.train.get("ckpt_every_n_steps", 200)),
     )
     logger = _build_logger(cfg)
