@@ -76,6 +76,13 @@ def _job(cfg: Any) -> Any:
     from bench.runtime import set_threads
 
     set_threads(cfg.threads)  # before the stage imports torch: OMP/MKL read their thread count once
+    if _COMMAND in ("sample", "evaluate") and not cfg.get("samples"):
+        from bench.sweep import trained_run_dir
+
+        found = trained_run_dir(cfg)
+        if found is not None:
+            log.info("%s: using the trained run in %s", _COMMAND, found)
+            cfg.paths.run_dir = str(found)
     if _is_multirun():
         return _sweep_cell(cfg)
     try:

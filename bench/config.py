@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "resolved", "record_config", "cache_dir", "as_path"]
+__all__ = ["CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "training_hash", "resolved", "record_config", "cache_dir", "as_path"]
 
 CONFIG_MODULE = "bench.conf"
 
@@ -19,7 +20,9 @@ CONFIG_MODULE = "bench.conf"
 # the same experiment run from two directories (or two machines) is recognised as the same cell. `force`
 # re-runs a sweep cell; the checkpoint keys say how training is checkpointed or resumed, not what it computes.
 _HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra", "force")
-_HASH_EXCLUDE_NESTED = (("train", "ckpt_path"), ("train", "ckpt_every_n_steps"))
+_HASH_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (("train", "ckpt_path"), ("train", "ckpt_every_n_steps"))
+_TRAINING_EXCLUDE = ("sample", "samples", "evaluate", "reference", "metrics")
+_TRAINING_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (("model", "module", "sampler"),)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -74,10 +77,24 @@ def record_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go keys (paths, logger,
     threads, record, force, train.ckpt_path, train.ckpt_every_n_steps)."""
-    data = {k: v for k, v in resolved(cfg).items() if k not in _HASH_EXCLUDE}
-    for parent, key in _HASH_EXCLUDE_NESTED:
-        if isinstance(data.get(parent), dict):
-            data[parent] = {k: v for k, v in data[parent].items() if k != key}
+    return _hash(resolved(cfg), _HASH_EXCLUDE, _HASH_EXCLUDE_NESTED)
+
+
+def training_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """:func:`config_hash` of what shapes the trained model only: it also leaves out how the model is sampled
+    and scored (``sample``, ``samples``, ``evaluate``, ``reference``, ``metrics`` and the diffusion sampler
+    ``model.module.sampler``), so a run sampled with another sampler finds the run that trained it."""
+    return _hash(resolved(cfg), _HASH_EXCLUDE + _TRAINING_EXCLUDE, _HASH_EXCLUDE_NESTED + _TRAINING_EXCLUDE_NESTED)
+
+
+def _hash(data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[str, ...]]) -> str:
+    data = copy.deepcopy({k: v for k, v in data.items() if k not in exclude})
+    for *parents, key in nested:
+        node: Any = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

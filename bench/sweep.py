@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bench.config import config_hash
+from bench.config import config_hash, training_hash
 from bench.io_utils import atomic_write_json, read_json
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "launcher_problem",
     "last_summary",
     "summarize",
+    "trained_run_dir",
     "write_cell_status",
 ]
 
@@ -85,6 +86,44 @@ def cell_run_dir(cfg: DictConfig) -> str:
     record's suffix.
     """
     return f"{cfg.paths.run_dir}__{config_hash(cfg)[:8]}"
+
+
+def trained_run_dir(cfg: DictConfig) -> Path | None:
+    """Where the model that ``cfg`` samples or scores was trained, when ``paths.run_dir`` holds no trained run.
+
+    A sweep of ``matgenbench run`` trains each cell in ``<paths.run_dir>__<hash8>`` (:func:`cell_run_dir`), and
+    that hash covers the sampler and the sample count too. So ``matgenbench sample`` / ``evaluate`` with
+    another sampler (``sampler@model.module.sampler=ddim``) looks among the ``<paths.run_dir>__*`` folders
+    for the one whose saved ``config.yaml`` trained the same model (:func:`bench.config.training_hash`).
+
+    Returns:
+        That folder (the most recently trained one if several match), or None when ``paths.run_dir`` is
+        itself a trained run or nothing matches.
+    """
+    from omegaconf import OmegaConf
+
+    base = Path(str(cfg.paths.run_dir))
+    if (base / "config.yaml").is_file() or not base.parent.is_dir():
+        return None
+    wanted = training_hash(cfg)
+    matches = []
+    for folder in base.parent.glob(f"{base.name}__*"):
+        saved = folder / "config.yaml"
+        if not (saved.is_file() and (folder / "checkpoints" / "last.ckpt").is_file()):
+            continue
+        try:
+            trained = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+        except Exception as err:  # an unreadable folder is not the one we look for
+            log.debug("skipping %s: %s", folder, err)
+            continue
+        if training_hash(trained) == wanted:
+            matches.append(folder)
+    if not matches:
+        return None
+    matches.sort(key=lambda f: (f / "checkpoints" / "last.ckpt").stat().st_mtime)
+    if len(matches) > 1:
+        log.info("%d trained runs match; using the latest: %s", len(matches), matches[-1])
+    return matches[-1]
 
 
 def find_record(cfg: DictConfig, statuses: tuple[str, ...] = ("complete",)) -> Path | None:

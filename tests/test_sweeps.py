@@ -130,3 +130,52 @@ def test_missing_launcher_plugin_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
     assert message is not None and "\n" not in message
     assert "hydra/launcher=joblib" in message and "pip install 'matgenbench[joblib]'" in message
     assert launcher_problem(["hydra/launcher=basic"]) is None
+
+
+def test_training_hash_ignores_how_a_model_is_sampled_and_scored() -> None:
+    from bench.config import compose, config_hash, training_hash
+
+    base = compose(["model=ddpm"])
+    ddim = compose(["model=ddpm", "sampler@model.module.sampler=ddim", "sample.num_samples=7",
+                    "metrics.names=[unique]"])
+    other_lr = compose(["model=ddpm", "model.module.optimizer.lr=0.123"])
+    assert training_hash(ddim) == training_hash(base) and config_hash(ddim) != config_hash(base)
+    assert training_hash(other_lr) != training_hash(base)
+
+
+def test_sampling_a_swept_run_with_another_sampler_finds_its_trained_run(tmp_path: Path) -> None:
+    """``run -m`` trains in ``<run_dir>__<hash8>``; ``sample -m`` / ``evaluate -m`` with DDIM find that folder."""
+    shrink = [o for o in SHRINK if not o.startswith("model=")]
+    env = {**os.environ, "MATGENBENCH_OUTPUT_DIR": str(tmp_path / "outputs"),
+           "MATGENBENCH_RESULTS_DIR": str(tmp_path / "results")}
+
+    def cli(command: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bench.cli", command, "-m", *shrink, "model=ddpm", "seed=0,1",
+             f"hydra.sweep.dir={tmp_path / command}", *args],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+    trained = cli("run")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    ddim = ("sampler@model.module.sampler=ddim", "model.module.sampler.steps=3")
+    sampled = cli("sample", *ddim)
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    runs = sorted((tmp_path / "outputs" / "runs").glob("ddpm_tiny_*__*"))
+    assert len(runs) == 2 and all((r / "samples+ddim-3.csv").is_file() for r in runs)
+    scored = cli("evaluate", *ddim)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    variants = sorted(json.loads(p.read_text())["variant"] for p in (tmp_path / "results" / "tiny").glob("*.json"))
+    assert variants == ["ddpm-eps-cosine", "ddpm-eps-cosine", "ddpm-eps-cosine+ddim-3", "ddpm-eps-cosine+ddim-3"]
+
+
+def test_no_trained_run_is_found_for_an_untrained_config(tmp_path: Path) -> None:
+    from bench.config import compose
+    from bench.sweep import trained_run_dir
+
+    cfg = compose(["model=ddpm", f"paths.run_dir={tmp_path / 'runs' / 'ddpm_x'}"])
+    assert trained_run_dir(cfg) is None  # no runs folder at all
+    folder = tmp_path / "runs" / "ddpm_x__deadbeef"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (folder / "config.yaml").write_text("seed: 99\nmodel: {name: ddpm}\n")  # another training config
+    assert trained_run_dir(cfg) is None
