@@ -20,7 +20,11 @@ CONFIG_MODULE = "bench.conf"
 # the same experiment run from two directories (or two machines) is recognised as the same cell. `force`
 # re-runs a sweep cell; the checkpoint keys say how training is checkpointed or resumed, not what it computes.
 _HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra", "force")
-_HASH_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (("train", "ckpt_path"), ("train", "ckpt_every_n_steps"))
+# metrics.parallel (workers, chunk size, start method, fingerprint code) changes how fast results come, never
+# the results, so a sweep re-run with more workers still finds its finished cells
+_HASH_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (
+    ("train", "ckpt_path"), ("train", "ckpt_every_n_steps"), ("metrics", "parallel"),
+)
 _TRAINING_EXCLUDE = ("sample", "samples", "evaluate", "reference", "metrics")
 _TRAINING_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (("model", "module", "sampler"),)
 
@@ -75,8 +79,8 @@ def record_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go keys (paths, logger,
-    threads, record, force, train.ckpt_path, train.ckpt_every_n_steps)."""
+    """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go and how-fast keys (paths,
+    logger, threads, record, force, train.ckpt_path, train.ckpt_every_n_steps, metrics.parallel)."""
     return _hash(resolved(cfg), _HASH_EXCLUDE, _HASH_EXCLUDE_NESTED)
 
 

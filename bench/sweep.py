@@ -127,22 +127,28 @@ def trained_run_dir(cfg: DictConfig) -> Path | None:
 
 
 def find_record(cfg: DictConfig, statuses: tuple[str, ...] = ("complete",)) -> Path | None:
-    """The result record of ``cfg`` (same dataset, same full config hash) with a status in ``statuses``.
+    """The result record of ``cfg`` (same dataset, same config hash) with a status in ``statuses``.
 
     Records are named ``<results_dir>/<dataset>/<model>__<protocol>__s<seed>__<hash8>.json``
-    (:func:`bench.records.record_path`); the full hash inside the file must match too.
+    (:func:`bench.records.record_path`). The hash is recomputed from the config each record stores, so a
+    record written before a change of what the hash leaves out (e.g. ``metrics.parallel``) is still found.
     """
     digest = config_hash(cfg)
     folder = Path(str(cfg.paths.results_dir)) / str(cfg.dataset.name)
     if not folder.is_dir():
         return None
-    for path in sorted(folder.glob(f"*__{digest[:8]}.json")):
+    named = sorted(folder.glob(f"*__{digest[:8]}.json"))
+    same_seed = sorted(folder.glob(f"*__s{cfg.seed}__*.json"))  # references are named after their row
+    for path in dict.fromkeys([*named, *same_seed]):
         try:
             data = read_json(path)
         except (OSError, ValueError) as err:
             log.warning("unreadable result record %s (%s): the cell will run again", path, err)
             continue
-        if isinstance(data, dict) and data.get("config_hash") == digest and data.get("status") in statuses:
+        if not isinstance(data, dict) or data.get("status") not in statuses:
+            continue
+        stored = data.get("config")
+        if data.get("config_hash") == digest or (isinstance(stored, dict) and config_hash(stored) == digest):
             return path
     return None
 

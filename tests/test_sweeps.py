@@ -179,3 +179,22 @@ def test_no_trained_run_is_found_for_an_untrained_config(tmp_path: Path) -> None
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
     (folder / "config.yaml").write_text("seed: 99\nmodel: {name: ddpm}\n")  # another training config
     assert trained_run_dir(cfg) is None
+
+
+def test_speed_settings_do_not_change_the_hash_and_older_records_are_still_found(tmp_path: Path) -> None:
+    from bench.config import compose, config_hash, resolved
+    from bench.records import ResultRecord, write_record
+    from bench.sweep import find_record
+
+    cfg = compose(["model=vae", "seed=3", f"paths.results_dir={tmp_path}"])
+    faster = compose(["model=vae", "seed=3", "metrics.parallel.workers=8", "metrics.parallel.fingerprint_code=matminer"])
+    assert config_hash(faster) == config_hash(cfg)
+    assert config_hash(compose(["model=vae", "seed=3", "metrics.matcher.convention=default"])) != config_hash(cfg)
+    # a record whose stored hash was computed under another rule (here: a made-up one) is found by its config
+    stored = resolved(cfg)
+    record = ResultRecord(model="vae", family="vae", variant="vae-gaussian", dataset=str(cfg.dataset.name),
+                          split_protocol="p", split={"id": "p"}, seed=3, config=stored,
+                          config_hash="0123456789abcdef")
+    path = write_record(record, tmp_path)
+    assert find_record(cfg) == path
+    assert find_record(compose(["model=vae", "seed=4", f"paths.results_dir={tmp_path}"])) is None
