@@ -12,7 +12,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "training_hash", "resolved", "record_config", "cache_dir", "as_path"]
+__all__ = [
+    "CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "training_hash", "resolved", "record_config",
+    "cache_dir", "as_path",
+]
 
 CONFIG_MODULE = "bench.conf"
 
@@ -88,7 +91,8 @@ def training_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """:func:`config_hash` of what shapes the trained model only: it also leaves out how the model is sampled
     and scored (``sample``, ``samples``, ``evaluate``, ``reference``, ``metrics`` and the diffusion sampler
     ``model.module.sampler``), so a run sampled with another sampler finds the run that trained it."""
-    return _hash(resolved(cfg), _HASH_EXCLUDE + _TRAINING_EXCLUDE, _HASH_EXCLUDE_NESTED + _TRAINING_EXCLUDE_NESTED)
+    exclude = _HASH_EXCLUDE + _TRAINING_EXCLUDE
+    return _hash(resolved(cfg), exclude, _HASH_EXCLUDE_NESTED + _TRAINING_EXCLUDE_NESTED)
 
 
 def _hash(data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[str, ...]]) -> str:

@@ -89,10 +89,10 @@ def cell_run_dir(cfg: DictConfig) -> str:
 
 
 def trained_run_dir(cfg: DictConfig) -> Path | None:
-    """Where the model that ``cfg`` samples or scores was trained, when ``paths.run_dir`` holds no trained run.
+    """Where the model that ``cfg`` samples or scores was trained, when ``paths.run_dir`` has no trained run.
 
-    A sweep of ``matgenbench run`` trains each cell in ``<paths.run_dir>__<hash8>`` (:func:`cell_run_dir`), and
-    that hash covers the sampler and the sample count too. So ``matgenbench sample`` / ``evaluate`` with
+    A sweep of ``matgenbench run`` trains each cell in ``<paths.run_dir>__<hash8>`` (:func:`cell_run_dir`),
+    and that hash covers the sampler and the sample count too. So ``matgenbench sample`` / ``evaluate`` with
     another sampler (``sampler@model.module.sampler=ddim``) looks among the ``<paths.run_dir>__*`` folders
     for the one whose saved ``config.yaml`` trained the same model (:func:`bench.config.training_hash`).
 

@@ -41,7 +41,7 @@ class Finding:
     runner_up: str
     runner_up_summary: MetricSummary
     tied: tuple[str, ...] = ()
-    """Every row equal to the leader at display precision, leader included (empty when the leader is alone)."""
+    """Every row equal to the leader at display precision, leader included (empty: the leader is alone)."""
 
     @property
     def separated(self) -> bool | None:
