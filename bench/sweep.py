@@ -102,28 +102,30 @@ def trained_run_dir(cfg: DictConfig) -> Path | None:
     """
     from omegaconf import OmegaConf
 
+    from bench.train import trained_run_files
+
     base = Path(str(cfg.paths.run_dir))
-    if (base / "config.yaml").is_file() or not base.parent.is_dir():
+    if trained_run_files(base)[0].is_file() or not base.parent.is_dir():
         return None
     wanted = training_hash(cfg)
-    matches = []
+    matches = {}  # folder -> mtime of its last checkpoint
     for folder in base.parent.glob(f"{base.name}__*"):
-        saved = folder / "config.yaml"
-        if not (saved.is_file() and (folder / "checkpoints" / "last.ckpt").is_file()):
+        files = trained_run_files(folder)
+        if not all(f.is_file() for f in files):
             continue
         try:
-            trained = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+            same = training_hash(OmegaConf.load(files[0])) == wanted
         except Exception as err:  # an unreadable folder is not the one we look for
             log.debug("skipping %s: %s", folder, err)
             continue
-        if training_hash(trained) == wanted:
-            matches.append(folder)
+        if same:
+            matches[folder] = files[2].stat().st_mtime
     if not matches:
         return None
-    matches.sort(key=lambda f: (f / "checkpoints" / "last.ckpt").stat().st_mtime)
+    latest = max(matches, key=matches.__getitem__)
     if len(matches) > 1:
-        log.info("%d trained runs match; using the latest: %s", len(matches), matches[-1])
-    return matches[-1]
+        log.info("%d trained runs match; using the latest: %s", len(matches), latest)
+    return latest
 
 
 def find_record(cfg: DictConfig, statuses: tuple[str, ...] = ("complete",)) -> Path | None:

@@ -261,6 +261,13 @@ def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
         )
 
 
+def trained_run_files(run_dir: str | Path) -> tuple[Path, Path, Path]:
+    """What :func:`train` leaves in a run directory and :func:`load_trained` needs: the resolved config, the
+    codec and the last checkpoint."""
+    run_dir = Path(run_dir)
+    return run_dir / "config.yaml", run_dir / "codec.json", run_dir / "checkpoints" / "last.ckpt"
+
+
 def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
     """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
 
@@ -273,16 +280,16 @@ def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tu
     from bench.datasets.codec import CrystalCodec
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    missing = [p for p in (run_dir / "config.yaml", run_dir / "codec.json", ckpt) if not p.exists()]
+    config_file, codec_file, ckpt = trained_run_files(run_dir)
+    missing = [p for p in (config_file, codec_file, ckpt) if not p.exists()]
     if missing:
         raise FileNotFoundError(
             f"run directory {run_dir} is incomplete (missing {', '.join(str(m) for m in missing)}): "
             "train first with the same overrides (matgenbench train ...), or point paths.run_dir at a "
             "trained run"
         )
-    saved = OmegaConf.load(run_dir / "config.yaml")
-    codec = CrystalCodec.from_state(json.loads((run_dir / "codec.json").read_text()))
+    saved = OmegaConf.load(config_file)
+    codec = CrystalCodec.from_state(json.loads(codec_file.read_text()))
     model_node = saved.model
     if model_cfg is not None and "sampler" in model_cfg.module and "sampler" in model_node.module:
         from bench.sample import sampler_override

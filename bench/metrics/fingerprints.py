@@ -5,7 +5,8 @@ scripts/eval_utils.py ``CompScaler``):
 
 - structure fingerprint: matminer ``CrystalNNFingerprint.from_preset("ops")`` of every site, averaged over the
   sites (61 values); by default its order parameters are computed by :mod:`bench.metrics.site_ops` (same
-  values, about ten times faster), ``parallel.fingerprint_code=matminer`` runs matminer's own code;
+  values; that part about ten times faster, the whole fingerprint 1.5-2.5 times),
+  ``parallel.fingerprint_code=matminer`` runs matminer's own code;
 - composition fingerprint: matminer ``ElementProperty.from_preset("magpie")`` (132 values; missing element
   data stay NaN, as in the matminer release CDVAE used), standardised with CDVAE's fixed means and standard
   deviations (``data/cdvae_comp_scaler.json``) and NaN replaced by 0 (:func:`scale_composition`);
@@ -142,6 +143,11 @@ def cdvae_reference_form(structure: Structure) -> Structure:
     )
 
 
+def _check_code(code: str) -> None:
+    if code not in FINGERPRINT_CODES:
+        raise ValueError(f"fingerprint code must be one of {FINGERPRINT_CODES}, got {code!r}")
+
+
 def structure_fingerprint(structure: Structure, code: str = "numpy") -> np.ndarray:
     """Mean over sites of the CrystalNN ``ops`` site fingerprint (raises when CrystalNN fails).
 
@@ -151,18 +157,17 @@ def structure_fingerprint(structure: Structure, code: str = "numpy") -> np.ndarr
             (:func:`bench.metrics.site_ops.ops_fingerprint_from_nndata`); ``matminer``: matminer's
             ``CrystalNNFingerprint.featurize``, the code CDVAE ran. Both give the same values to about 1e-15.
     """
+    _check_code(code)
     site, _ = _featurizers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if code == "matminer":
             rows = [site.featurize(structure, i) for i in range(len(structure))]
-        elif code == "numpy":
+        else:
             rows = [
                 ops_fingerprint_from_nndata(structure, i, site.cnn.get_nn_data(structure, i))
                 for i in range(len(structure))
             ]
-        else:
-            raise ValueError(f"fingerprint code must be one of {FINGERPRINT_CODES}, got {code!r}")
     return np.asarray(rows, dtype=float).mean(axis=0)
 
 
@@ -201,8 +206,7 @@ def fingerprint_one(
         reference_form: Put the structure in CDVAE's reference form first (:func:`cdvae_reference_form`).
         code: Which code computes the site fingerprint (:func:`structure_fingerprint`).
     """
-    if code not in FINGERPRINT_CODES:  # checked here: errors inside the try below mean "fingerprint failed"
-        raise ValueError(f"fingerprint code must be one of {FINGERPRINT_CODES}, got {code!r}")
+    _check_code(code)  # here too: an error inside the try below means "fingerprint failed"
     if structure is None or len(structure) == 0:
         return Fingerprint(None, None, "not_constructed")
     try:
