@@ -23,8 +23,8 @@ USAGE = """usage: matgenbench COMMAND [ARGS...]
 
 commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the config):
   run          train -> sample -> evaluate, print the metrics, write a result record
-  train        train a model; checkpoint, codec and config go to paths.run_dir
-  sample       sample a trained run into <run_dir>/samples.csv
+  train        train a model into outputs/runs/<run_name>__<training hash> (or paths.run_dir)
+  sample       sample the trained run of the same overrides into <run_dir>/samples.csv
   evaluate     score samples (samples=PATH for any CSV with a 'cif' column / CIF folder / JSON)
   reference    score a reference row: reference=test|copy|random (the ceiling and floor of every metric)
   datasets     list | fetch NAME [--split S] | verify NAME
@@ -76,13 +76,6 @@ def _job(cfg: Any) -> Any:
     from bench.runtime import set_threads
 
     set_threads(cfg.threads)  # before the stage imports torch: OMP/MKL read their thread count once
-    if _COMMAND in ("sample", "evaluate") and not cfg.get("samples"):
-        from bench.sweep import trained_run_dir
-
-        found = trained_run_dir(cfg)
-        if found is not None:
-            log.info("%s: using the trained run in %s", _COMMAND, found)
-            cfg.paths.run_dir = str(found)
     if _is_multirun():
         return _sweep_cell(cfg)
     try:
@@ -120,12 +113,13 @@ def _stage(cfg: Any) -> Any:
 
 
 def _sweep_cell(cfg: Any) -> Any:
-    """One cell of a sweep: skipped when its ``complete`` record exists (unless ``force``), run in its own run
-    directory, its outcome left in ``cell.json`` for the end-of-sweep summary; a failure never raises."""
+    """One cell of a sweep: skipped when its ``complete`` record exists (unless ``force``), run in the run
+    directory a single run of the same config uses (:mod:`bench.rundirs`), its outcome left in ``cell.json``
+    for the end-of-sweep summary; a failure never raises."""
     import time
 
     from bench.runtime import env_rank
-    from bench.sweep import cell_run_dir, find_record, write_cell_status
+    from bench.sweep import find_record, write_cell_status
 
     started = time.time()
     if env_rank() != 0:  # an extra data-parallel process of this cell (e.g. SLURM tasks): rank zero reports
@@ -138,8 +132,6 @@ def _sweep_cell(cfg: Any) -> Any:
             write_cell_status("skipped", reason="a complete record with this config hash exists", record=done,
                               started=started)
             return str(done)
-    if _COMMAND == "run":
-        cfg.paths.run_dir = cell_run_dir(cfg)
     try:
         result = _stage(cfg)
     except Exception as err:
@@ -164,10 +156,12 @@ def _sweep_cell(cfg: Any) -> Any:
 def _user_error(err: BaseException) -> str | None:
     """The one-line message for an error the user can fix from the command line, else None."""
     from bench.datasets import ChecksumMismatchError, DatasetUnavailableError, UnknownDatasetError
+    from bench.rundirs import RunMismatchError
     from bench.structures_io import SampleFileError
 
     user_errors: tuple[type[BaseException], ...] = (
-        SampleFileError, DatasetUnavailableError, ChecksumMismatchError, FileNotFoundError, UnknownDatasetError,
+        SampleFileError, DatasetUnavailableError, ChecksumMismatchError, FileNotFoundError,
+        UnknownDatasetError, RunMismatchError,
     )
     if "torch" in sys.modules:  # only a stage that imported torch can have raised it
         from bench.models.base import NonFiniteLossError

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.config import as_path, cache_dir, config_hash, record_config
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
+from bench.rundirs import check_samples, find_trained_run, samples_path
 from bench.runtime import load_dataset_split, split_info
 from bench.structures_io import read_samples, samples_digest
 
@@ -85,16 +86,26 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     """Score the samples of ``cfg`` (``samples``, else the sample stage's file in the run directory) and write
     the record.
 
+    Without ``samples`` the run is :func:`bench.rundirs.find_trained_run` and the samples file must say it was
+    drawn from that training with ``cfg``'s sampling settings, so the record's config hash is that of the
+    config the samples came from.
+
     Returns:
         The record and the path it was written to (``None`` when ``record.write`` is false).
+
+    Raises:
+        bench.rundirs.RunMismatchError: the run or the samples file belongs to another config.
     """
     start = time.perf_counter()
-    from bench.sample import samples_path
-
-    samples_file = as_path(cfg.get("samples")) or samples_path(cfg)
-    external = as_path(cfg.get("samples")) is not None
+    samples_file = as_path(cfg.get("samples"))
+    external = samples_file is not None
+    if samples_file is None:
+        find_trained_run(cfg)
+        samples_file = samples_path(cfg)
     sample_set = read_samples(samples_file)
     meta = sample_set.meta
+    if not external:
+        check_samples(meta, cfg, samples_file)
     train_summary = {} if external else _read_json_if(Path(cfg.paths.run_dir) / "train_summary.json")
     model = cfg.evaluate.get("model_name") or meta.get("model") or cfg.model.name
     family = cfg.evaluate.get("family") or meta.get("family") or (cfg.model.family if not external else "external")
@@ -108,6 +119,7 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
         "parameters": train_summary.get("parameters"),
         "train_peak_memory_mb": train_summary.get("peak_memory_mb"),
         "gpu_peak_memory_mb": train_summary.get("gpu_peak_memory_mb"),
+        "sample_nfe": meta.get("nfe"),
         "sample_seconds": meta.get("sample_seconds"),
         "samples_per_second": meta.get("samples_per_second"),
         "sample_device": meta.get("device"),

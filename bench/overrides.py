@@ -1,7 +1,7 @@
 """Checks of command-line overrides before Hydra runs: a typo gives one line naming it and the valid choices.
 
 Hydra already refuses unknown config-group options and keys; these checks say the same in one line
-(``unknown model 'vea'; choose one of: ddpm, realnvp, vae, wgan_gp``; ``unknown key 'trainer.max_stepz'
+(``unknown model 'vea'; choose one of: ddpm, diffcsp, flowmm, realnvp, vae, wgan_gp``; ``unknown key 'trainer.max_stepz'
 (did you mean trainer.max_steps?)``) and catch a launcher whose plugin is not installed. Anything they do not
 understand is left to Hydra.
 """

@@ -4,75 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from bench.config import training_hash
 from bench.records import peak_memory_mb
+from bench.rundirs import find_trained_run, samples_path, sampling_hash
 from bench.runtime import seed_everything, set_threads
 from bench.structures_io import write_samples_csv
 
-__all__ = ["sample", "samples_path", "sampler_override", "sampler_tag"]
+__all__ = ["sample"]
 
 log = logging.getLogger(__name__)
 
 
-def _sampler_presets() -> dict[str, dict[str, Any]]:
-    """``_target_ -> settings`` of the sampler presets shipped in ``conf/sampler/`` (read as YAML, no torch)."""
-    from importlib import resources
-
-    presets: dict[str, dict[str, Any]] = {}
-    for entry in resources.files("bench.conf").joinpath("sampler").iterdir():
-        if entry.name.endswith(".yaml"):
-            node = OmegaConf.to_container(OmegaConf.create(entry.read_text(encoding="utf-8")), resolve=True)
-            if isinstance(node, dict) and node.get("_target_"):
-                presets[str(node["_target_"])] = node
-    return presets
-
-
-def sampler_tag(sampler: dict[str, Any]) -> str:
-    """Short label of a sampler config for variant names, e.g. ``ddim-50`` or ``ddim-50-eta0.5``.
-
-    The class name without ``Sampler``, the number of steps, and every other setting that differs from the
-    class's preset in ``conf/sampler/``, so two sampler configs that sample differently never share a label.
-    """
-    target = str(sampler.get("_target_", "sampler"))
-    parts = [target.rsplit(".", 1)[-1].removesuffix("Sampler").lower() or "sampler"]
-    if sampler.get("steps") is not None:
-        parts.append(str(sampler["steps"]))
-    preset = _sampler_presets().get(target, {})
-    for key in sorted(sampler):
-        if key in ("_target_", "steps") or (key in preset and sampler[key] == preset[key]):
-            continue
-        parts.append(f"{key}{sampler[key]}")
-    return "-".join(parts)
-
-
-def sampler_override(model_cfg: DictConfig, trained_model: DictConfig) -> str | None:
-    """:func:`sampler_tag` of ``model_cfg``'s sampler when it differs from the one the run trained with, else None."""
-    if "sampler" not in model_cfg.get("module", {}) or "sampler" not in trained_model.get("module", {}):
-        return None
-    asked = OmegaConf.to_container(model_cfg.module.sampler, resolve=True)
-    trained_with = OmegaConf.to_container(trained_model.module.sampler, resolve=True)
-    return None if asked == trained_with else sampler_tag(asked)
-
-
-def samples_path(cfg: DictConfig) -> Path:
-    """Where the sample stage writes (and the evaluate stage reads by default): ``<run_dir>/samples.csv``, or
-    ``<run_dir>/samples+<sampler tag>.csv`` when ``cfg`` samples the run with another sampler than its own, so
-    the run's own samples are never overwritten."""
-    run_dir = Path(cfg.paths.run_dir)
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        tag = sampler_override(cfg.model, OmegaConf.load(saved).model)
-        if tag is not None:
-            return run_dir / f"samples+{tag}.csv"
-    return run_dir / "samples.csv"
-
-
 def sample(cfg: DictConfig) -> dict[str, Any]:
-    """Sample ``cfg.sample.num_samples`` crystals from the run in ``cfg.paths.run_dir``; return the sample summary."""
+    """Sample ``cfg.sample.num_samples`` crystals from the trained run of ``cfg``; return the sample summary.
+
+    The run is :func:`bench.rundirs.find_trained_run` (checked against ``cfg``'s training hash); the samples
+    go to :func:`bench.rundirs.samples_path`.
+
+    Raises:
+        bench.rundirs.RunMismatchError: ``paths.run_dir`` holds a run trained with another config.
+        FileNotFoundError: no trained run for ``cfg``.
+    """
     set_threads(cfg.threads)
     import torch
     from tqdm.auto import tqdm
@@ -81,7 +37,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
     set_threads(cfg.threads)
     seed_everything(int(cfg.seed))
-    module, codec, saved = load_trained(cfg.paths.run_dir, cfg.model)
+    run_dir = find_trained_run(cfg)
+    module, codec, saved = load_trained(run_dir, cfg.model)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator == "gpu" else "cpu")
     module.to(device)
     n_total = int(cfg.sample.num_samples)
@@ -113,10 +70,13 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "num_samples": n_total,
         "n_decoded": n_total - n_failed,
         "sample_seed": int(cfg.sample.seed),
+        "nfe": int(module.nfe),
         "sample_seconds": sample_seconds,
         "samples_per_second": n_total / sample_seconds if sample_seconds > 0 else None,
         "sample_peak_memory_mb": peak_memory_mb(),
         "device": str(device),
+        "training_hash": training_hash(cfg),  # what evaluate checks the file against
+        "sampling_hash": sampling_hash(cfg),
     }
     path = write_samples_csv(samples_path(cfg), items, meta=summary)
     summary["path"] = str(path)

@@ -1,4 +1,5 @@
-"""Sweeps: which cells are already done, where each cell writes, and what the whole sweep came to.
+"""Sweeps: which cells are already done and what the whole sweep came to (a cell writes where a single run
+of its config would: :mod:`bench.rundirs`).
 
 A cell of a sweep (one Hydra job of ``matgenbench run -m ...``) is skipped when a ``complete`` result record
 with the same config hash already exists, so re-running a killed sweep finishes only the missing cells
@@ -20,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bench.config import config_hash, training_hash
+from bench.config import config_hash
 from bench.io_utils import atomic_write_json, read_json
 
 __all__ = [
@@ -28,12 +29,10 @@ __all__ = [
     "LAUNCHER_PLUGINS",
     "SweepSummary",
     "SweepReport",
-    "cell_run_dir",
     "find_record",
     "launcher_problem",
     "last_summary",
     "summarize",
-    "trained_run_dir",
     "write_cell_status",
 ]
 
@@ -76,56 +75,6 @@ def launcher_problem(overrides: list[str]) -> str | None:
                 f"(from a clone: pip install -e '.[{extra}]')"
             )
     return None
-
-
-def cell_run_dir(cfg: DictConfig) -> str:
-    """The run directory of one sweep cell: ``<paths.run_dir>__<hash8>``.
-
-    ``run_name`` names model, dataset, split and seed only, so two cells that differ in anything else (a
-    learning rate, a width) would share checkpoints; the config hash keeps them apart, and matches the
-    record's suffix.
-    """
-    return f"{cfg.paths.run_dir}__{config_hash(cfg)[:8]}"
-
-
-def trained_run_dir(cfg: DictConfig) -> Path | None:
-    """Where the model that ``cfg`` samples or scores was trained, when ``paths.run_dir`` has no trained run.
-
-    A sweep of ``matgenbench run`` trains each cell in ``<paths.run_dir>__<hash8>`` (:func:`cell_run_dir`),
-    and that hash covers the sampler and the sample count too. So ``matgenbench sample`` / ``evaluate`` with
-    another sampler (``sampler@model.module.sampler=ddim``) looks among the ``<paths.run_dir>__*`` folders
-    for the one whose saved ``config.yaml`` trained the same model (:func:`bench.config.training_hash`).
-
-    Returns:
-        That folder (the most recently trained one if several match), or None when ``paths.run_dir`` is
-        itself a trained run or nothing matches.
-    """
-    from omegaconf import OmegaConf
-
-    from bench.train import trained_run_files
-
-    base = Path(str(cfg.paths.run_dir))
-    if trained_run_files(base)[0].is_file() or not base.parent.is_dir():
-        return None
-    wanted = training_hash(cfg)
-    matches = {}  # folder -> mtime of its last checkpoint
-    for folder in base.parent.glob(f"{base.name}__*"):
-        files = trained_run_files(folder)
-        if not all(f.is_file() for f in files):
-            continue
-        try:
-            same = training_hash(OmegaConf.load(files[0])) == wanted
-        except Exception as err:  # an unreadable folder is not the one we look for
-            log.debug("skipping %s: %s", folder, err)
-            continue
-        if same:
-            matches[folder] = files[2].stat().st_mtime
-    if not matches:
-        return None
-    latest = max(matches, key=matches.__getitem__)
-    if len(matches) > 1:
-        log.info("%d trained runs match; using the latest: %s", len(matches), latest)
-    return latest
 
 
 def find_record(cfg: DictConfig, statuses: tuple[str, ...] = ("complete",)) -> Path | None:

@@ -12,12 +12,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import config_hash, resolved
+from bench.config import config_hash, resolved, training_hash
 from bench.io_utils import atomic_write_json, atomic_write_text
 from bench.records import peak_memory_mb
+from bench.rundirs import bind_run_dir, check_run, sampler_override, trained_run_files
 from bench.runtime import env_rank, load_dataset_split, seed_everything, set_threads
 
-__all__ = ["train", "build_module", "load_trained", "DictDataset"]
+__all__ = ["train", "build_module", "load_trained", "model_callbacks", "DictDataset"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,9 @@ def _loader(dataset: DictDataset, batch_size: int, shuffle: bool, seed: int, num
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset.train_split`` and return the training summary.
 
-    Writes into ``cfg.paths.run_dir``: ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved)
-    and ``train_summary.json``. With several processes (``trainer=ddp``) every process trains, the rank-zero
+    Writes into the run directory (:func:`bench.rundirs.run_dir`, which ``cfg.paths.run_dir`` is set to):
+    ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved) and ``train_summary.json`` (with the
+    training hash). With several processes (``trainer=ddp``) every process trains, the rank-zero
     process alone writes files, and the summary says ``global_zero`` so callers can tell them apart.
 
     Raises:
@@ -98,7 +100,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     set_threads(cfg.threads)
     seed_everything(int(cfg.seed))
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    run_dir = Path(cfg.paths.run_dir)
+    run_dir = bind_run_dir(cfg)  # <output_dir>/runs/<run_name>__<training hash[:8]> unless paths.run_dir
+    if cfg.train.get("ckpt_path") == "last" and trained_run_files(run_dir)[0].is_file():
+        check_run(run_dir, cfg)  # resume only a checkpoint of this very training
     run_dir.mkdir(parents=True, exist_ok=True)
 
     train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
@@ -124,6 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             val_loader = _loader(DictDataset(codec.encode(usable)), int(cfg.train.batch_size), False, 0, 0)
 
     module = build_module(cfg.model, codec.num_types, codec.max_atoms)
+    module.fit_data(train_loader.dataset.batch)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("%s: %s parameters", cfg.model.name, f"{n_params:,}")
 
@@ -146,7 +151,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer_kwargs.pop("check_val_every_n_epoch", None)
         trainer_kwargs["limit_val_batches"] = 0
     trainer = pl.Trainer(
-        **trainer_kwargs, logger=logger, callbacks=[history, checkpoint], default_root_dir=str(run_dir)
+        **trainer_kwargs, logger=logger, callbacks=[history, checkpoint, *model_callbacks(cfg.model)],
+        default_root_dir=str(run_dir),
     )
 
     ckpt_path = cfg.train.get("ckpt_path")
@@ -200,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
         ),
         "config_hash": config_hash(cfg),
+        "training_hash": training_hash(cfg),  # what sample and evaluate check the run against
         "checkpoint": str(ckpt_dir / "last.ckpt"),
         "resumed_from": ckpt_path,
         "world_size": int(trainer.world_size),
@@ -213,6 +220,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["steps"], train_seconds, summary["loss_first"], summary["loss_last"],
     )
     return summary
+
+
+def model_callbacks(model_cfg: DictConfig) -> list[Any]:
+    """The Lightning callbacks a model config asks for (``model.callbacks``: e.g. ``ema``), built from config."""
+    from hydra.utils import instantiate
+
+    nodes = model_cfg.get("callbacks") or {}
+    return [instantiate(nodes[name]) for name in sorted(nodes) if nodes[name] is not None]
 
 
 def _build_logger(cfg: DictConfig) -> Any:
@@ -261,13 +276,6 @@ def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
         )
 
 
-def trained_run_files(run_dir: str | Path) -> tuple[Path, Path, Path]:
-    """What :func:`train` leaves in a run directory and :func:`load_trained` needs: the resolved config, the
-    codec and the last checkpoint."""
-    run_dir = Path(run_dir)
-    return run_dir / "config.yaml", run_dir / "codec.json", run_dir / "checkpoints" / "last.ckpt"
-
-
 def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
     """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
 
@@ -292,8 +300,6 @@ def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tu
     codec = CrystalCodec.from_state(json.loads(codec_file.read_text()))
     model_node = saved.model
     if model_cfg is not None and "sampler" in model_cfg.module and "sampler" in model_node.module:
-        from bench.sample import sampler_override
-
         tag = sampler_override(model_cfg, model_node)
         if tag is not None:  # another sampler than the run's own: a variant of its own on the board
             model_node.variant = f"{model_node.variant}+{tag}"

@@ -135,7 +135,8 @@ def test_cli_errors_name_the_input(tmp_path: Path) -> None:
 
 
 def test_another_sampler_writes_its_own_samples_file(tmp_path: Path) -> None:
-    from bench.sample import sample, sampler_tag, samples_path
+    from bench.rundirs import sampler_tag, samples_path
+    from bench.sample import sample
     from bench.train import train
 
     cfg = _cfg(tmp_path, "model=ddpm", "model.module.sampler.steps=5")

@@ -15,6 +15,7 @@ from bench.models.base import NonFiniteLossError
 
 from bench.config import compose, config_hash
 from bench.records import load_records
+from bench.rundirs import default_run_dir
 
 SHRINK = [
     "dataset=tiny", "model=vae", "logger=none", "trainer.enable_progress_bar=false", "train.batch_size=8",
@@ -89,7 +90,7 @@ def test_training_resumes_from_the_last_checkpoint(tmp_path: Path, monkeypatch: 
     crash = _LossPatch(monkeypatch, at_step=5, action="kill")
     with pytest.raises(RuntimeError, match="simulated kill"):
         train(_cfg(tmp_path, "trainer.max_steps=8", "train.ckpt_every_n_steps=2"))
-    run_dir = Path(_cfg(tmp_path).paths.run_dir)
+    run_dir = default_run_dir(_cfg(tmp_path, "trainer.max_steps=8", "train.ckpt_every_n_steps=2"))
     last = run_dir / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=True)  # loads without running code
     assert saved["global_step"] == 4 and crash.calls[-1] == 5
@@ -114,7 +115,7 @@ def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
 
     result = _cli(tmp_path, "run", "-m", "model=vae,no_such_model")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    assert "unknown model 'no_such_model'; choose one of: ddpm, realnvp, vae, wgan_gp" in result.stderr
+    assert "unknown model 'no_such_model'; choose one of: ddpm, diffcsp, flowmm, realnvp, vae, wgan_gp" in result.stderr
 
     result = _cli(tmp_path, "run", "dataset=no_such_data")
     assert result.returncode == 2 and "carbon_24, mp_20, mpts_52, perov_5, tiny" in result.stderr

@@ -89,10 +89,14 @@ def test_killed_sweep_resumes_skipping_done_cells_and_a_failure_does_not_stop_it
     assert {k: r[1]["status"] for k, r in records.items()} == {
         "2": "failed", "8": "complete", "9": "complete", "10": "complete"}
     assert "max_atoms" in records["2"][1]["reason"] and "max_atoms" in cells["2"]["reason"]
-    # each cell trained in its own run directory, named with the hash its record carries
+    # each cell trained in its own run directory, the one a single run of its config uses
+    from bench.config import training_hash
+
     for key in ("8", "9", "10"):
-        run_dir = Path(records[key][1]["config"]["paths"]["run_dir"])
-        assert run_dir.name.endswith(records[key][1]["config_hash"][:8]) and (run_dir / "codec.json").exists()
+        config = records[key][1]["config"]
+        run_dir = Path(config["paths"]["run_dir"])
+        assert run_dir.name == f"{config['run_name']}__{training_hash(config)[:8]}"
+        assert run_dir.parent == tmp_path / "outputs" / "runs" and (run_dir / "codec.json").exists()
 
     # 3. force=true re-runs a finished cell; a sweep without failures exits 0
     kept = records["8"][0]
@@ -144,7 +148,8 @@ def test_training_hash_ignores_how_a_model_is_sampled_and_scored() -> None:
 
 
 def test_sampling_a_swept_run_with_another_sampler_finds_its_trained_run(tmp_path: Path) -> None:
-    """``run -m`` trains in ``<run_dir>__<hash8>``; ``sample -m`` / ``evaluate -m`` with DDIM find it."""
+    """``run -m`` trains in ``<run_name>__<training hash8>``; ``sample -m`` / ``evaluate -m`` with DDIM find
+    it."""
     shrink = [o for o in SHRINK if not o.startswith("model=")]
     env = {**os.environ, "MATGENBENCH_OUTPUT_DIR": str(tmp_path / "outputs"),
            "MATGENBENCH_RESULTS_DIR": str(tmp_path / "results")}
@@ -171,15 +176,18 @@ def test_sampling_a_swept_run_with_another_sampler_finds_its_trained_run(tmp_pat
 
 def test_no_trained_run_is_found_for_an_untrained_config(tmp_path: Path) -> None:
     from bench.config import compose
-    from bench.sweep import trained_run_dir
+    from bench.rundirs import find_trained_run
 
-    cfg = compose(["model=ddpm", f"paths.run_dir={tmp_path / 'runs' / 'ddpm_x'}"])
-    assert trained_run_dir(cfg) is None  # no runs folder at all
-    folder = tmp_path / "runs" / "ddpm_x__deadbeef"
+    cfg = compose(["model=ddpm", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="no trained run for this config"):
+        find_trained_run(cfg)  # no runs folder at all
+    folder = tmp_path / "runs" / f"{cfg.run_name}__deadbeef"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (folder / "codec.json").write_text("{}")
     (folder / "config.yaml").write_text("seed: 99\nmodel: {name: ddpm}\n")  # another training config
-    assert trained_run_dir(cfg) is None
+    with pytest.raises(FileNotFoundError, match="no trained run for this config"):
+        find_trained_run(cfg)
 
 
 def test_speed_settings_do_not_change_the_hash_and_older_records_are_still_found(tmp_path: Path) -> None:
