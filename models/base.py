@@ -113,9 +113,29 @@ class GenerativeModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "sampler", *ignore], logger=False)
 
     # ------------------------------------------------------------------ the contract
+    def fit_data(self, data: Mapping[str, Tensor]) -> None:
+        """Take statistics of the whole encoded training set before training (default: none).
+
+        Called once by the train stage. A model that samples the number of atoms from the training distribution
+        keeps it in a buffer here, so it is saved in the checkpoint with the weights.
+        """
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: 1 for one-shot generators; iterative samplers override it."""
+        return 1
+
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Loss terms on a batch; must contain ``"loss"``, the scalar that training minimises."""
         raise NotImplementedError
+
+    def training_objectives(self, batch: Mapping[str, Tensor]) -> list[Tensor]:
+        """Every scalar some optimiser minimises on ``batch``; together they reach every trainable parameter.
+
+        One loss for most models; a GAN returns its critic and generator objectives. Used to check that no
+        parameter is dead (DDP refuses parameters that never get a gradient).
+        """
+        return [self.loss(batch)["loss"]]
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         """Draw ``n`` raw samples (called by :meth:`sample` under ``no_grad`` in eval mode)."""

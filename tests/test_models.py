@@ -20,6 +20,7 @@ from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
 from bench.models.diffusion.samplers import AncestralSampler, DDIMSampler, respaced_timesteps
 from bench.models.diffusion.schedule import cosine_alpha_bars
+from bench.train import model_callbacks
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from pymatgen.core import Structure
@@ -28,20 +29,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 MODEL_NAMES = sorted(MODELS)
 
-# Tiny widths so the whole file runs in well under a minute and a half on two CPU cores.
-SHRINK = [
-    "model.module.backbone.d_model=16",
-    "model.module.backbone.n_layers=1",
-    "model.module.backbone.n_heads=2",
-]
-FAMILY_SHRINK = {
-    "ddpm": ["model.module.timesteps=100", "model.module.time_dim=16"],
-    "realnvp": ["model.module.n_couplings=2"],
-    "vae": ["model.module.latent_dim=8", "model.module.kl_warmup_steps=0"],
-    "wgan_gp": ["model.module.noise_dim=8", "model.module.n_critic=2"],
-}
-# Learning rates that make a few dozen steps on one batch show clear progress.
-FAST_LR = {"ddpm": 3e-3, "realnvp": 3e-3, "vae": 3e-3, "wgan_gp": 1e-3}
 TRAIN_STEPS = 40
 
 
@@ -61,9 +48,11 @@ def compose_model(name: str, overrides: list[str] | None = None) -> DictConfig:
     return cfg.model
 
 
-def tiny_config(name: str) -> DictConfig:
-    lr = f"model.module.optimizer.lr={FAST_LR[name]}"
-    return compose_model(name, [*SHRINK, *FAMILY_SHRINK[name], lr])
+def tiny_config(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The model's config shrunk by its own ``test_overrides`` (tiny widths, a learning rate that shows progress
+    within a few dozen steps), so a new variant needs no entry in this file."""
+    own = list(compose_model(name).get("test_overrides") or [])
+    return compose_model(name, [*own, *(overrides or [])])
 
 
 def build(cfg: DictConfig, codec: CrystalCodec) -> GenerativeModule:
@@ -132,6 +121,7 @@ def test_registry_matches_configs() -> None:
         assert cls is MODELS[name]
         assert cls.family == cfg.family and cls.paper
         assert (REPO_ROOT / "models" / "cards" / cfg.card).is_file()
+        assert cfg.get("test_overrides"), f"conf/model/{name}.yaml needs test_overrides (tiny widths)"
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -149,9 +139,10 @@ def test_model_contract(
     cfg = tiny_config(name)
     model = build(cfg, codec)
     assert type(model) is MODELS[name] and model.num_parameters() > 0
+    model.fit_data(batch)
 
     history = _LossHistory()
-    trainer = make_trainer(TRAIN_STEPS, [history])
+    trainer = make_trainer(TRAIN_STEPS, [history, *model_callbacks(cfg)])
     trainer.fit(model, fixed_batches(batch, TRAIN_STEPS))
     losses = history.values
     assert losses and all(math.isfinite(v) for v in losses)
@@ -177,7 +168,7 @@ def test_model_contract(
     path = tmp_path / f"{name}.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=True)["state_dict"]
-    fresh = build(cfg, codec)
+    fresh = build(cfg, codec)  # no fit_data: whatever the model learnt from the data is in its checkpoint
     fresh.load_state_dict(state)
     reloaded = fresh.sample(n, generator=torch.Generator().manual_seed(123))
     for key in first:
@@ -198,11 +189,8 @@ def test_every_parameter_gets_a_gradient(
     """No dead parameters: DDP (``trainer=ddp``) refuses parameters that never receive a gradient."""
     torch.manual_seed(0)
     model = build(tiny_config(name), codec)
-    if name == "wgan_gp":
-        losses = [model.critic_terms(batch)["critic"], model.generator_loss(4)]
-    else:
-        losses = [model.loss(batch)["loss"]]
-    sum(losses).backward()
+    model.fit_data(batch)
+    sum(model.training_objectives(batch)).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None]
     assert not dead, f"{name}: parameters without gradient: {dead}"
 
@@ -318,9 +306,7 @@ def test_samplers_are_deterministic_and_recover_a_point_mass(sampler: Any) -> No
 
 
 def test_sampler_is_swappable_by_config(codec: CrystalCodec) -> None:
-    cfg = compose_model(
-        "ddpm", [*SHRINK, "sampler@model.module.sampler=ddim", "model.module.sampler.steps=5"]
-    )
+    cfg = tiny_config("ddpm", ["sampler@model.module.sampler=ddim", "model.module.sampler.steps=5"])
     model = build(cfg, codec)
     assert isinstance(model.sampler, DDIMSampler) and model.sampler.steps == 5
     out = model.sample(3, generator=torch.Generator().manual_seed(0))

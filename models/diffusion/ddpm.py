@@ -12,7 +12,6 @@ arXiv:2102.09672. All three fields diffuse in Euclidean space with one shared sc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,22 +19,12 @@ import torch
 import torch.nn.functional as F
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
-from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler
+from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler, respaced_timesteps
 from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars, q_sample
+from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
 __all__ = ["CrystalDDPM", "timestep_embedding"]
-
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of step indices ``t`` ``[B]`` (Vaswani et al. 2017)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.to(torch.float32).unsqueeze(-1) * freqs
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = F.pad(emb, (0, 1))
-    return emb
 
 
 class CrystalDDPM(GenerativeModule):
@@ -156,6 +145,11 @@ class CrystalDDPM(GenerativeModule):
         return {"loss": total, **terms}
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample: the reverse steps the configured sampler visits."""
+        return len(respaced_timesteps(self.timesteps, getattr(self.sampler, "steps", None)))
+
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         shapes = {
             "atom_types": (n, self.max_atoms, self.num_types),

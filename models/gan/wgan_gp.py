@@ -159,6 +159,10 @@ class CrystalWGANGP(GenerativeModule):
         gen = self.generator_loss(batch["lattice"].shape[0])
         return {"loss": terms["critic"], **terms, "generator": gen}
 
+    def training_objectives(self, batch: Mapping[str, Tensor]) -> list[Tensor]:
+        """The critic objective (critic weights) and the generator loss (generator weights)."""
+        return [self.critic_terms(batch)["critic"], self.generator_loss(batch["lattice"].shape[0])]
+
     # ------------------------------------------------------------------ Lightning
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         """One critic step; every ``n_critic`` critic steps, one generator step."""
