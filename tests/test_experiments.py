@@ -20,7 +20,7 @@ def test_there_are_experiments_for_every_dataset() -> None:
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes(name: str) -> None:
     cfg = compose([f"experiment={name}", "model=vae"])
-    assert cfg.dataset.name == name.rsplit("_", 1)[0]
+    assert name.startswith(f"{cfg.dataset.name}_") and cfg.protocol in (name, None)
     assert cfg.dataset.eval_split == "test"
     assert "cov_recall" in cfg.metrics.names
     if name.endswith("_official"):
@@ -29,7 +29,19 @@ def test_experiment_composes(name: str) -> None:
         assert cfg.dataset.train_split == "val" and cfg.sample.num_samples == 1000
 
 
-@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e.endswith("_offline")])
+def test_longer_budget_protocols_differ_from_their_base_only_in_budget() -> None:
+    """``*_offline_12k`` is ``*_offline`` with 12,000 steps: another protocol id, never pooled with the 2,000-step
+    rows, everything else equal."""
+    for ds in ("perov_5", "carbon_24"):
+        base = compose([f"experiment={ds}_offline", "model=vae"])
+        longer = compose([f"experiment={ds}_offline_12k", "model=vae"])
+        assert base.trainer.max_steps == 2000 and longer.trainer.max_steps == 12000
+        assert longer.protocol == f"{ds}_offline_12k" != base.protocol
+        for key in ("dataset", "sample", "metrics", "model"):
+            assert longer[key] == base[key], key
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if "_offline" in e])
 def test_offline_experiment_smoke_runs(name: str, data_dir: Path, tmp_path: Path) -> None:
     from bench.run import run
 

@@ -52,11 +52,18 @@ class VPGaussian:
     Args:
         timesteps: T.
         schedule: ``"cosine"`` or ``"linear"``.
+        clip: bound on ``|x0_hat|`` in reverse steps (``None``: none). Near ``t = T`` the cosine schedule's
+            ``alpha_bar`` is tiny and ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies the network's
+            errors; clipping to the data's range keeps them from surviving as absurd values (Ho et al. 2020 clip
+            images to ``[-1, 1]`` the same way).
     """
 
     prediction_type = "eps"
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "cosine") -> None:
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", clip: float | None = None) -> None:
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be > 0 or null, got {clip}")
+        self.clip = None if clip is None else float(clip)
         if schedule == "cosine":
             alpha_bars = cosine_alpha_bars(timesteps)
         elif schedule == "linear":
@@ -81,6 +88,8 @@ class VPGaussian:
         """Ancestral step ``t -> s`` from the posterior ``q(x_s | x_t, x0_hat)`` (no noise when ``s = 0``)."""
         a_t, a_s = _per_sample(self.alpha_bars, t, x_t), _per_sample(self.alpha_bars, s, x_t)
         x0 = (x_t - (1.0 - a_t).sqrt() * pred) / a_t.sqrt()
+        if self.clip is not None:
+            x0 = x0.clamp(-self.clip, self.clip)
         beta = 1.0 - a_t / a_s
         mean = a_s.sqrt() * beta / (1.0 - a_t) * x0 + (1.0 - beta).sqrt() * (1.0 - a_s) / (1.0 - a_t) * x_t
         if noise is None:
