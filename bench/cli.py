@@ -31,6 +31,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
+  list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -57,10 +58,11 @@ def _is_multirun() -> bool:
 def _regenerate_board(cfg: Any) -> None:
     if not cfg.record.get("regenerate_board", True):
         return
+    from bench.config import leaderboard_dir, results_dir
     from bench.leaderboard import build
 
     try:
-        out = build(cfg.paths.results_dir, cfg.paths.leaderboard_dir)
+        out = build(results_dir(cfg), leaderboard_dir(cfg))
         log.info("leaderboard regenerated: %s", ", ".join(str(p) for p in out.values()))
     except OSError as err:  # the board is a convenience; the record is what counts
         log.warning("could not regenerate the leaderboard: %s", err)
@@ -167,6 +169,10 @@ def _user_error(err: BaseException) -> str | None:
         from bench.models.base import NonFiniteLossError
 
         user_errors = (*user_errors, NonFiniteLossError)
+    if "lightning_fabric" in sys.modules:  # Lightning refuses a trainer setting (e.g. trainer.max_steps=-5)
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+        user_errors = (*user_errors, MisconfigurationException)
     if isinstance(err, user_errors):
         return f"{type(err).__name__}: {err}"
     return None
@@ -231,11 +237,13 @@ def _datasets_main(argv: list[str]) -> int:
     from bench.config import cache_dir
     from bench.datasets import commands
 
-    parser = argparse.ArgumentParser(prog="matgenbench datasets", description="List, fetch or verify datasets.")
+    parser = argparse.ArgumentParser(prog="matgenbench datasets",
+                                     description="List, fetch or verify datasets.")
     parser.add_argument("action", choices=["list", "fetch", "verify"])
     parser.add_argument("name", nargs="?", help="dataset name (fetch / verify)")
     parser.add_argument("--split", action="append", help="split to fetch (repeatable; default: all)")
-    parser.add_argument("--data-dir", type=Path, default=None, help="local copy, laid out as DIR/<name>/<split>.csv")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="local copy, laid out as DIR/<name>/<split>.csv")
     args = parser.parse_args(argv)
     import os
 
@@ -247,6 +255,13 @@ def _datasets_main(argv: list[str]) -> int:
         return 0
     if not args.name:
         parser.error(f"'{args.action}' needs a dataset name")
+    from bench.datasets import UnknownDatasetError, get_spec
+
+    try:
+        get_spec(args.name)
+    except UnknownDatasetError as err:
+        print(f"matgenbench datasets {args.action}: {err}", file=sys.stderr)
+        return 2
     if args.action == "fetch":
         from bench.datasets import DatasetUnavailableError
 
@@ -265,13 +280,16 @@ def _datasets_main(argv: list[str]) -> int:
 def _leaderboard_main(argv: list[str]) -> int:
     import os
 
-    parser = argparse.ArgumentParser(prog="matgenbench leaderboard", description="Build or show the leaderboard.")
+    parser = argparse.ArgumentParser(prog="matgenbench leaderboard",
+                                     description="Build or show the leaderboard.")
     parser.add_argument("action", choices=["build", "show"])
     parser.add_argument("--results", type=Path,
                         default=Path(os.environ.get("MATGENBENCH_RESULTS_DIR", "leaderboard/results")))
-    parser.add_argument("--out", type=Path, default=Path("leaderboard"), help="build: where README.md/index.html go")
+    parser.add_argument("--out", type=Path, default=Path("leaderboard"),
+                        help="build: where README.md/index.html go")
     parser.add_argument("--dataset", default=None, help="show: one dataset only")
-    parser.add_argument("--sort", default=None, help="show: sort by this metric (best first) or a cost column")
+    parser.add_argument("--sort", default=None,
+                        help="show: sort by this metric (best first) or a cost column")
     parser.add_argument("--metrics", default=None, help="show: comma-separated metrics to show")
     args = parser.parse_args(argv)
     from bench.leaderboard import build, show
@@ -319,8 +337,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.reproduce import main as reproduce_main
 
         return reproduce_main(rest)
-    print(f"matgenbench: unknown command '{command}'; choose one of: "
-          f"{', '.join((*HYDRA_COMMANDS, 'datasets', 'leaderboard', 'perf', 'reproduce'))}", file=sys.stderr)
+    if command == "list":
+        from bench.catalog import main as list_main
+
+        return list_main(rest)
+    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list")
+    print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 
 

@@ -1,7 +1,10 @@
-"""The evaluate stage: score a set of structures against a dataset's reference splits and write a result record.
+"""The evaluate stage: score a set of structures against a dataset's reference splits, write a result record.
 
-Evaluation reads only structures (this project's samples file, any CSV with a ``cif`` column, a folder of CIFs, a
-pymatgen JSON list), never model code, so it scores any model's output. It does not import torch or Lightning.
+Evaluation reads only structures (this project's samples file, any CSV with a ``cif`` column, a folder of
+CIFs, a pymatgen JSON list), never model code, so it scores any model's output. It imports neither torch nor
+Lightning.
+Samples from outside (``samples=FILE``) are named by ``evaluate.model_name``, else by the file's own metadata,
+else by the file (its stem), and marked external: never by the default model's name.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import as_path, cache_dir, config_hash, record_config
+from bench.config import as_path, cache_dir, config_hash, record_config, results_dir
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.rundirs import check_samples, find_trained_run, samples_path
 from bench.runtime import load_dataset_split, split_info
 from bench.structures_io import read_samples, samples_digest
 
-__all__ = ["evaluate", "score", "build_reference", "metrics_table"]
+__all__ = ["evaluate", "external_name", "score", "build_reference", "metrics_table"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,8 @@ def metrics_table(record: ResultRecord) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{record.model} on {record.dataset} ({record.split.get('label', record.split_protocol)})")
+    label = record.split.get("label", record.split_protocol)
+    table = Table(title=f"{record.model} on {record.dataset} ({label})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("", justify="center")
@@ -76,6 +80,13 @@ def _add_dataset_settings(metric_cfg: dict[str, Any], cfg: DictConfig) -> None:
         metric_cfg["cov_cutoffs"] = OmegaConf.to_container(cutoffs, resolve=True)
     if cfg.dataset.get("property"):
         metric_cfg["property"] = str(cfg.dataset.property)
+
+
+def external_name(samples_file: Path) -> str:
+    """The label of samples from outside: the file's stem (``their_model.csv`` -> ``their_model``), or the
+    folder's name for a folder of CIFs."""
+    path = Path(samples_file)
+    return path.name if path.is_dir() else path.stem
 
 
 def _read_json_if(path: Path) -> dict[str, Any]:
@@ -107,9 +118,12 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     if not external:
         check_samples(meta, cfg, samples_file)
     train_summary = {} if external else _read_json_if(Path(cfg.paths.run_dir) / "train_summary.json")
-    model = cfg.evaluate.get("model_name") or meta.get("model") or cfg.model.name
-    family = cfg.evaluate.get("family") or meta.get("family") or (cfg.model.family if not external else "external")
-    variant = cfg.evaluate.get("variant") or meta.get("variant") or (cfg.model.variant if not external else model)
+    # external samples are named after what produced them, never after the default model of the config
+    default_name = external_name(samples_file) if external else cfg.model.name
+    model = cfg.evaluate.get("model_name") or meta.get("model") or default_name
+    own_family = "external" if external else cfg.model.family
+    family = cfg.evaluate.get("family") or meta.get("family") or own_family
+    variant = cfg.evaluate.get("variant") or meta.get("variant") or (model if external else cfg.model.variant)
     cost = {
         "train_seconds": train_summary.get("train_seconds"),
         "train_steps": train_summary.get("steps"),
@@ -144,7 +158,7 @@ def score(
     train_checksums: dict[str, Any] | None = None,
     started: float | None = None,
 ) -> tuple[ResultRecord, Path | None]:
-    """Run the metric suite on ``sample_set`` against ``cfg.dataset`` and write the record (and per-sample CSV)."""
+    """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record and per-sample CSV."""
     from bench.metrics import run_metrics
 
     start = time.perf_counter() if started is None else started
@@ -152,7 +166,8 @@ def score(
     metric_cfg = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
     if isinstance(metric_cfg, dict):
         _add_dataset_settings(metric_cfg, cfg)
-    report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg), progress=True)
+    report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg),
+                         progress=True)
     cost = dict(cost or {})
     cost["evaluate_seconds"] = time.perf_counter() - start
     cost["evaluate_peak_memory_mb"] = peak_memory_mb()
@@ -189,7 +204,7 @@ def score(
     )
     path = None
     if cfg.record.get("write", True):
-        path = write_record(record, cfg.paths.results_dir)
+        path = write_record(record, results_dir(cfg))
         frame = report.per_sample.copy()
         frame.insert(0, "id", sample_set.ids[: len(frame)])
         frame.insert(1, "build_failure", sample_set.reasons[: len(frame)])

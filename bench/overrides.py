@@ -1,9 +1,11 @@
 """Checks of command-line overrides before Hydra runs: a typo gives one line naming it and the valid choices.
 
 Hydra already refuses unknown config-group options and keys; these checks say the same in one line
-(``unknown model 'vea'; choose one of: ddpm, diffcsp, flowmm, realnvp, vae, wgan_gp``; ``unknown key 'trainer.max_stepz'
-(did you mean trainer.max_steps?)``) and catch a launcher whose plugin is not installed. Anything they do not
-understand is left to Hydra.
+(``unknown model 'vea'; choose one of: ddpm, diffcsp, flowmm, gan, realnvp, vae, wgan, wgan_gp``;
+``unknown key 'trainer.max_stepz' (did you mean trainer.max_steps?)``), catch a launcher whose plugin is not
+installed, and refuse values that cannot work before anything is trained (:func:`check_values`: an unknown
+data split, ``sample.num_samples`` < 1, ``trainer.max_steps`` < -1; and a sampler override on a model without
+a sampler, or without its package). Anything they do not understand is left to Hydra.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from bench.config import CONFIG_MODULE
 from bench.sweep import launcher_problem
 
-__all__ = ["check_overrides", "split_cli_args"]
+__all__ = ["check_overrides", "check_values", "models_with_sampler", "split_cli_args"]
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,11 @@ def _check_composition(overrides: list[str]) -> str | None:
                             return f"unknown {group} '{value}'; choose one of: {', '.join(options)}"
                 key = override.get_key_element()
                 first_cell.append(f"{key}={values[0]}" if values else override.input_line)
+            problem = _sampler_problem(parsed, first_cell, compose)
+            if problem:
+                return problem
             try:
-                compose(config_name="config", overrides=first_cell)
+                cfg = compose(config_name="config", overrides=first_cell)
             except MissingConfigException as err:
                 options = getattr(err, "options", None)
                 where = getattr(err, "missing_cfg_file", None)
@@ -107,9 +112,80 @@ def _check_composition(overrides: list[str]) -> str | None:
                 return None
             except ConfigCompositionException as err:
                 return _key_message(err, parsed, first_cell, compose)
+            return check_values(cfg)
     finally:
         GlobalHydra.instance().clear()
+
+
+def check_values(cfg: Any) -> str | None:
+    """A one-line message for a composed config value that cannot work, or None.
+
+    Checked: the dataset's split names (``dataset.train_split`` / ``eval_split`` / ``val_split``),
+    ``sample.num_samples`` >= 1 (zero samples give no result), ``trainer.max_steps`` >= -1 (Lightning's rule;
+    -1: no limit).
+    """
+    from omegaconf import OmegaConf
+
+    name = OmegaConf.select(cfg, "dataset.name")
+    if name:
+        try:
+            from bench.datasets import get_spec
+
+            splits = get_spec(str(name)).splits
+        except Exception:  # an unknown dataset is reported by its own check
+            splits = ()
+        for key in ("train_split", "eval_split", "val_split"):
+            value = OmegaConf.select(cfg, f"dataset.{key}")
+            if value is not None and splits and str(value) not in splits:
+                close = difflib.get_close_matches(str(value), splits, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                return f"dataset.{key}={value}: dataset {name!r} has no split {str(value)!r}{hint}; " \
+                       f"valid splits: {', '.join(splits)}"
+    num_samples = OmegaConf.select(cfg, "sample.num_samples")
+    if num_samples is not None and int(num_samples) < 1:
+        return f"sample.num_samples={num_samples}: zero samples give no result; ask for at least 1"
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps")
+    if max_steps is not None and int(max_steps) < -1:
+        return f"trainer.max_steps={max_steps}: must be a number of steps >= 0, or -1 for no limit"
     return None
+
+
+def _sampler_problem(parsed: list[Any], first_cell: list[str], compose: Any) -> str | None:
+    """One line for ``sampler=X`` (no such top-level key), or for ``sampler@model.module.sampler=X`` on a
+    model whose config has no sampler to replace (VAE, GAN, flow)."""
+    from omegaconf import OmegaConf
+
+    for override in parsed:
+        if override.key_or_group != "sampler" or override.is_add() or override.is_delete():
+            continue
+        if not override.package:
+            return (f"{override.input_line}: samplers are chosen per model; write "
+                    f"sampler@model.module.sampler={override.get_value_element_as_str()} "
+                    f"(models with a sampler: {', '.join(models_with_sampler())})")
+        if override.package == "model.module.sampler":
+            rest = [line for line, o in zip(first_cell, parsed, strict=True) if o is not override]
+            cfg = compose(config_name="config", overrides=rest)
+            if OmegaConf.select(cfg, "model.module.sampler") is None:
+                model = OmegaConf.select(cfg, "model.name")
+                return (f"{override.input_line}: model {model!r} has no sampler to replace (it generates in "
+                        f"one pass); samplers apply to: {', '.join(models_with_sampler())}")
+    return None
+
+
+def models_with_sampler() -> list[str]:
+    """Model configs (``conf/model/*.yaml``) whose defaults choose a sampler (read as YAML: no torch)."""
+    from importlib import resources
+
+    import yaml
+
+    names = []
+    for path in sorted(resources.files(CONFIG_MODULE).joinpath("model").iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".yaml"):
+            continue
+        defaults = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("defaults") or []
+        if any(isinstance(d, dict) and any("sampler@" in str(k) for k in d) for d in defaults):
+            names.append(path.name.removesuffix(".yaml"))
+    return names
 
 
 def _values(override: Any) -> list[str] | None:

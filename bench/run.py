@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import config_hash, record_config
+from bench.config import config_hash, record_config, results_dir
 from bench.records import ResultRecord, provenance, write_record
 
 __all__ = ["run", "failed_record"]
@@ -69,7 +69,7 @@ def run(cfg: DictConfig) -> tuple[ResultRecord | None, Path | None]:
         if env_rank() != 0:
             raise
         record = failed_record(cfg, stage, err)
-        path = write_record(record, cfg.paths.results_dir) if cfg.record.get("write", True) else None
+        path = write_record(record, results_dir(cfg)) if cfg.record.get("write", True) else None
         log.error("run failed: %s (record: %s)", record.reason, path)
         if _is_wandb(cfg):
             _finish_wandb(exit_code=1)

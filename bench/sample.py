@@ -1,4 +1,5 @@
-"""The sample stage: load a trained run, draw structures with a seeded generator, decode, write the samples file."""
+"""The sample stage: load a trained run, draw structures with a seeded generator, decode, write the samples
+file."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         bench.rundirs.RunMismatchError: ``paths.run_dir`` holds a run trained with another config.
         FileNotFoundError: no trained run for ``cfg``.
     """
+    if int(cfg.sample.num_samples) < 1:
+        raise ValueError(f"sample.num_samples={cfg.sample.num_samples}: zero samples give no result")
     set_threads(cfg.threads)
     import torch
     from tqdm.auto import tqdm

@@ -1,10 +1,11 @@
 """Reading and writing sets of generated structures, so evaluation can score any model's samples.
 
-Formats read: the samples CSV this project writes (``cif`` column plus ``status``/``reason``), any CSV with a ``cif``
-column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, a pymatgen JSON list, extended XYZ
-(``.extxyz``/``.xyz``, through ASE, an optional dependency) and CDVAE's ``eval_gen.pt`` tensors. Items that
-could not be constructed are kept as ``None`` with their reason, so the denominator of validity is the number of
-samples asked for, as in CDVAE.
+Formats read: the samples CSV this project writes (``cif`` column plus ``status``/``reason``), any CSV with a
+``cif`` column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, a pymatgen JSON list,
+extended XYZ (``.extxyz``/``.xyz``, through ASE, an optional dependency) and CDVAE's ``eval_gen.pt`` tensors.
+Items that could not be constructed are kept as ``None`` with their reason, so the denominator of validity is
+the number of samples asked for, as in CDVAE. A file with no samples at all is refused: zero samples are no
+result.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def _read_csv(path: Path) -> SampleSet:
     reasons: list[str | None] = []
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "cif" not in reader.fieldnames:
+        if reader.fieldnames is None:
+            raise SampleFileError(f"{path}: the file is empty; a samples CSV needs a 'cif' column")
+        if "cif" not in reader.fieldnames:
             raise SampleFileError(
                 f"{path}: no 'cif' column (columns: {reader.fieldnames}); a samples CSV needs one CIF per row"
             )
@@ -190,8 +193,9 @@ def _read_extxyz(path: Path) -> SampleSet:
 
 def _read_cdvae_pt(path: Path) -> SampleSet:
     """CDVAE's ``eval_gen.pt``: ``frac_coords [B, total_atoms, 3]``, ``atom_types [B, total_atoms]`` (atomic
-    numbers), ``lengths``/``angles [B, n, 3]``, ``num_atoms [B, n]``; the leading batch of repeated evaluations is
-    flattened (Xie et al. 2022, txie-93/cdvae scripts/evaluate.py and eval_utils.get_crystals_list)."""
+    numbers), ``lengths``/``angles [B, n, 3]``, ``num_atoms [B, n]``; the leading batch of repeated
+    evaluations is flattened (Xie et al. 2022, txie-93/cdvae scripts/evaluate.py and
+    eval_utils.get_crystals_list)."""
     import torch
     from pymatgen.core import Lattice
 
@@ -203,7 +207,9 @@ def _read_cdvae_pt(path: Path) -> SampleSet:
     frac, types = data["frac_coords"], data["atom_types"]
     lengths, angles, num_atoms = data["lengths"], data["angles"], data["num_atoms"]
     if num_atoms.dim() == 1:  # a single evaluation without the leading batch dimension
-        frac, types, lengths, angles, num_atoms = (t.unsqueeze(0) for t in (frac, types, lengths, angles, num_atoms))
+        frac, types, lengths, angles, num_atoms = (
+            t.unsqueeze(0) for t in (frac, types, lengths, angles, num_atoms)
+        )
     structures: list[Structure | None] = []
     reasons: list[str | None] = []
     ids: list[str] = []
@@ -247,10 +253,13 @@ def read_samples(path: str | Path) -> SampleSet:
         sample_set = SampleSet([_parse_cif(path.read_text())], [path.stem], [None], str(path))
     else:
         raise SampleFileError(
-            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, a folder of "
-            ".cif files, a .json list of pymatgen structures, an .extxyz file or CDVAE's eval_gen.pt"
+            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, a folder "
+            "of .cif files, a .json list of pymatgen structures, an .extxyz file or CDVAE's eval_gen.pt"
         )
+    if not sample_set.structures:  # an empty file or a header alone: zero samples are not a result
+        raise SampleFileError(f"{path}: holds no samples (empty, or a header without rows); nothing to score")
     failed = len(sample_set.structures) - sample_set.n_constructed
     if failed:
-        log.info("%s: %d of %d items could not be built into structures", path, failed, len(sample_set.structures))
+        log.info("%s: %d of %d items could not be built into structures", path, failed,
+                 len(sample_set.structures))
     return sample_set

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from bench.config import config_hash
+from bench.config import config_hash, results_dir
 from bench.io_utils import atomic_write_json, read_json
 
 __all__ = [
@@ -85,7 +85,7 @@ def find_record(cfg: DictConfig, statuses: tuple[str, ...] = ("complete",)) -> P
     record written before a change of what the hash leaves out (e.g. ``metrics.parallel``) is still found.
     """
     digest = config_hash(cfg)
-    folder = Path(str(cfg.paths.results_dir)) / str(cfg.dataset.name)
+    folder = results_dir(cfg) / str(cfg.dataset.name)
     if not folder.is_dir():
         return None
     named = sorted(folder.glob(f"*__{digest[:8]}.json"))

@@ -29,8 +29,9 @@ from bench.leaderboard import (
     validate_record,
     write_board,
 )
-from bench.leaderboard.aggregate import MetricSummary, Row, summarize
+from bench.leaderboard.aggregate import Row, summarize
 from bench.leaderboard.published import published_meta
+from bench.leaderboard.stats import MIN_BOOTSTRAP_SEEDS, mean_ci, t_ci
 from bench.records import ResultRecord, provenance, write_record
 from tests.conftest import REPO_ROOT
 
@@ -52,6 +53,8 @@ def _metrics(valid: float, unique: float, novel: float, wdist: float) -> dict[st
         "valid": {"value": valid, "direction": "max", **entry},
         "unique": {"value": unique, "direction": "max", **entry},
         "novel": {"value": novel, "direction": "max", **entry},
+        # stored by the metric suite per structure; here equal to the product only to keep the fixtures simple
+        "vun_rate": {"value": round(valid * unique * novel, 6), "direction": "max", **entry},
         "wdist_density": {"value": wdist, "direction": "min", **entry},
     }
 
@@ -221,15 +224,39 @@ def test_mean_std_and_bootstrap_ci_over_seeds() -> None:
     valid = vae.metrics["valid"]
     assert vae.seeds == (0, 1, 2) and valid.n == 3
     assert valid.mean == pytest.approx(0.9) and valid.std == pytest.approx(0.1)
-    low, high = valid.ci
-    assert 0.8 <= low < valid.mean < high <= 1.0
+    # 3 seeds: Student-t, 0.9 ± t(0.975, 2) · 0.1 / √3 with t(0.975, 2) = 4.302653 (printed t tables)
+    assert valid.ci_method == "t"
+    assert valid.ci == pytest.approx((0.9 - 4.302653 * 0.1 / 3**0.5, 0.9 + 4.302653 * 0.1 / 3**0.5), abs=1e-6)
     again = _by_name(aggregate(synthetic_records()))[("vae", "complete")].metrics["valid"].ci
-    assert again == valid.ci, "the CI must be reproducible under its seed"
+    assert again == valid.ci, "the CI must be reproducible"
     assert vae.cost["train_seconds"] == pytest.approx(100.0) and vae.cost["parameters"] == 1000
-    vun = vae.metrics["vun_rate"]  # valid x unique x novel per seed, then averaged
-    assert vun.mean == pytest.approx((0.8 + 0.9 + 1.0) / 3 * 0.9 * 0.8)
     single = rows[("ddpm", "complete")].metrics["valid"]
     assert single.n == 1 and single.std is None and single.ci is None
+
+
+def test_vun_rate_is_read_from_the_records_never_multiplied() -> None:
+    stored = _metrics(0.9, 0.8, 0.5, 0.1)
+    stored["vun_rate"]["value"] = 0.42  # per structure: not valid x unique x novel = 0.36
+    (row,) = aggregate([_record("m", "f", 0, stored)])
+    assert row.metrics["vun_rate"].mean == 0.42
+    without = _metrics(0.9, 0.8, 0.5, 0.1)
+    del without["vun_rate"]
+    (row,) = aggregate([_record("m", "f", 0, without)])
+    assert "vun_rate" not in row.metrics  # an old record without the metric gets no derived value
+
+
+def test_small_seed_counts_use_a_t_interval_not_the_bootstrap() -> None:
+    three = [0.61, 0.74, 0.69]
+    # the percentile bootstrap of 3 values is exactly their range: it says nothing about the mean
+    assert bootstrap_ci(three) == pytest.approx((min(three), max(three)))
+    ci, method = mean_ci(three)
+    assert method == "t" and ci == t_ci(three)
+    mean, sd = sum(three) / 3, 0.065574385  # sample sd of the three values, by hand
+    assert ci == pytest.approx((mean - 4.302653 * sd / 3**0.5, mean + 4.302653 * sd / 3**0.5), abs=1e-6)
+    assert ci[0] < min(three) and ci[1] > max(three)  # wider than the range with 3 seeds
+    many = [0.5 + 0.01 * i for i in range(MIN_BOOTSTRAP_SEEDS)]
+    assert mean_ci(many)[1] == "bootstrap" and mean_ci(many[:-1])[1] == "t"
+    assert mean_ci([0.5]) == (None, None)
 
 
 def test_bootstrap_ci_is_deterministic_and_undefined_for_one_value() -> None:
@@ -312,8 +339,10 @@ def _row(
     kind: str = "run",
     protocol: str = "official",
     status: str = "complete",
+    spread: float = 0.01,
 ) -> Row:
-    summary = MetricSummary("m", direction, (value,), value, None, None)
+    """A row whose metric ``m`` has three seeds: value - spread, value, value + spread."""
+    summary = summarize("m", direction, (value - spread, value, value + spread))
     return Row(
         dataset="d",
         protocol_id=protocol,
@@ -339,7 +368,11 @@ def test_best_per_column_respects_direction_kind_and_protocol() -> None:
     ]
     assert best_per_column(rows, ["m"]) == {"m": {0}}
     ties = [_row("a", 0.5001, "max"), _row("b", 0.5004, "max"), _row("c", 0.1, "max")]
-    assert best_per_column(ties, ["m"]) == {"m": {0, 1}}  # equal at display precision
+    assert best_per_column(ties, ["m"]) == {"m": set()}  # equal at display precision: a tie, never bold
+    close = [_row("a", 1.0, "max", spread=0.0), _row("b", 0.998, "max", spread=0.0)]
+    assert best_per_column(close, ["m"]) == {"m": set()}  # 2 units of the last digit: never bold, even p=0
+    noisy = [_row("a", 0.55, "max", spread=0.1), _row("b", 0.5, "max", spread=0.1)]
+    assert best_per_column(noisy, ["m"]) == {"m": set()}  # Welch p = 0.58: not separated
     split = [
         _row("a", 0.9, "max"),
         _row("b", 0.1, "max"),
@@ -351,16 +384,24 @@ def test_best_per_column_respects_direction_kind_and_protocol() -> None:
     rows = _by_name(aggregate(synthetic_records()))
     ordered = list(rows.values())
     best = best_per_column(ordered)
-    assert {ordered[i].name for i in best["valid"]} == {"ddpm"}
-    assert {ordered[i].name for i in best["wdist_density"]} == {"ddpm"}  # not the reference's 0.01
+    assert best["valid"] == set()  # ddpm leads with one seed: no t-test, no claim
+    assert best["wdist_density"] == set()  # not the reference's 0.01 either
 
 
-def test_best_marking_in_markdown(results: Path) -> None:
-    text = write_board(results, results.parent / "README.md").read_text()
-    ddpm = next(line for line in text.splitlines() if line.startswith("| ddpm |") and "complete" in line)
+def test_best_marking_in_markdown(tmp_path: Path) -> None:
+    records = [
+        *(_record("ddpm", "diffusion", s,
+                   _metrics(1.0, 0.9, 0.9, w)) for s, w in enumerate((0.19, 0.2, 0.21))),
+        *(_record("vae", "vae", s, _metrics(0.998, 0.9, 0.9, w)) for s, w in enumerate((0.48, 0.5, 0.52))),
+        _record("Test", "reference", 0, _metrics(1.0, 1.0, 1.0, 0.01), train_s=None, kind="reference"),
+    ]
+    for record in records:
+        write_record(record, tmp_path / "results")
+    text = write_board(tmp_path / "results", tmp_path / "README.md").read_text()
+    ddpm = next(line for line in text.splitlines() if line.startswith("| ddpm |"))
     vae = next(line for line in text.splitlines() if line.startswith("| vae |"))
-    assert "**0.950**" in ddpm and "**0.200**" in ddpm  # valid (max) and wdist_density (min)
-    assert "**" not in vae.split("|")[5]  # vae's valid 0.900 is not the best
+    assert "**0.200 ± 0.010**" in ddpm  # wdist_density (min): Welch p < 0.001, 300 units apart
+    assert "**1.000" not in ddpm and "**" not in vae  # valid 1.000 vs 0.998: never bold; unique: a tie
     test_row = next(line for line in text.splitlines() if "(reference)" in line)
     assert "**" not in test_row
 

@@ -1,12 +1,16 @@
-"""Findings computed from the board: leaders, whether their lead is outside the intervals, costs; analysis.md."""
+"""Findings computed from the board: leaders, whether a lead holds by Welch's t-test, costs; analysis.md."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from scipy.stats import t as student_t
+
 from bench.leaderboard import build
 from bench.leaderboard.aggregate import aggregate
 from bench.leaderboard.html import markdown_block
+from bench.leaderboard.stats import compare, welch_p
 from bench.leaderboard.summary import cost_lines, findings, summary_markdown
 from bench.records import ResultRecord, write_record
 
@@ -38,16 +42,35 @@ def test_leaders_and_separation() -> None:
     by_metric = {f.metric: f for f in findings(rows)}
     valid = by_metric["valid"]
     assert (valid.leader, valid.runner_up) == ("ddpm", "vae")  # the test reference (0.99) does not compete
-    assert valid.separated is True and "the lead holds" in valid.sentence()
+    assert valid.holds and valid.comparison.p < 0.001
+    assert "p < 0.001: ddpm leads" in valid.sentence()
     wdist = by_metric["wdist_density"]
     assert wdist.direction == "min" and wdist.leader == "ddpm"  # 0.300 vs 0.307
-    assert wdist.separated is False and "not separated" in wdist.sentence() and "3 seeds" in wdist.sentence()
+    assert wdist.comparison.verdict == "not_separated" and not wdist.holds
+    assert "p = 0.97: not separated, no leader" in wdist.sentence() and "3 seeds" in wdist.sentence()
+
+
+def test_welch_p_against_the_formula() -> None:
+    a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.5]
+    # Welch by hand: t = (mean_b - mean_a) / sqrt(s_a²/3 + s_b²/3), Welch–Satterthwaite df, two-sided p
+    va, vb = 1.0, 19 / 12  # sample variances, by hand
+    se2 = va / 3 + vb / 3
+    t = (sum(b) / 3 - sum(a) / 3) / se2**0.5
+    df = se2**2 / ((va / 3) ** 2 / 2 + (vb / 3) ** 2 / 2)
+    assert welch_p(a, b) == pytest.approx(2 * student_t.sf(t, df), rel=1e-6)
+    assert welch_p([1.0], b) is None  # one seed: no test
+    assert welch_p([1.0, 1.0], [1.0, 1.0]) is None and welch_p([1.0, 1.0], [0.5, 0.5]) == 0.0
+    # a lead by interval overlap is not a lead: [0.4, 0.5, 0.6] vs [0.1, 0.45, 0.8] have overlapping ranges
+    # and p = 0.83: no leader
+    assert compare([0.4, 0.5, 0.6], [0.1, 0.45, 0.8]).verdict == "not_separated"
+    assert compare([1.0, 1.0, 1.0], [0.998, 0.998, 0.998]).verdict == "too_close"
+    assert compare([0.5, 0.5], [0.5004, 0.4999]).verdict == "tied"
 
 
 def test_one_seed_makes_no_claim_and_one_row_makes_no_finding() -> None:
     rows = aggregate([_record("ddpm", 0, 0.9, 0.3), _record("vae", 0, 0.5, 0.3)])
     [valid] = [f for f in findings(rows) if f.metric == "valid"]
-    assert valid.separated is None and "no claim" in valid.sentence()
+    assert valid.comparison.verdict == "undefined" and "no t-test (one seed): no claim" in valid.sentence()
     assert findings(aggregate([_record("ddpm", 0, 0.9, 0.3)])) == []
 
 
@@ -75,7 +98,8 @@ def test_build_places_the_analysis_and_findings(tmp_path: Path) -> None:
     for record in records:
         write_record(record, tmp_path / "results")
     (tmp_path / "board").mkdir()
-    (tmp_path / "board" / "analysis.md").write_text("DDPM leads on **validity**; see `valid`.\n\n- one point\n")
+    analysis = "DDPM leads on **validity**; see `valid`.\n\n- one point\n"
+    (tmp_path / "board" / "analysis.md").write_text(analysis)
     paths = build(tmp_path / "results", tmp_path / "board")
     md = paths["markdown"].read_text()
     assert md.index("## Analysis") < md.index("## perov_5") < md.index("### perov_5: findings")

@@ -28,7 +28,7 @@ from bench.metrics import (
     run_metrics,
 )
 from bench.metrics.composition import composition_counts
-from bench.metrics.settings import DEFAULT_NAMES, FINGERPRINT_NAMES
+from bench.metrics.settings import DEFAULT_NAMES, FINGERPRINT_NAMES, IMPLIED_METRICS, with_implied
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,8 @@ def test_yaml_mirrors_code_defaults():
     cfg = yaml.safe_load((REPO_ROOT / "conf" / "metrics" / "default.yaml").read_text())
     assert MetricSettings.from_mapping(cfg) == MetricSettings()
     assert tuple(cfg["names"]) == DEFAULT_NAMES
-    assert tuple(REGISTRY) == DEFAULT_NAMES + FINGERPRINT_NAMES  # the rest are in conf/metrics/full.yaml
+    # the rest are in conf/metrics/full.yaml; implied metrics (vun_rate) are registered but never named
+    assert set(REGISTRY) == set(DEFAULT_NAMES + FINGERPRINT_NAMES) | set(IMPLIED_METRICS)
 
 
 def test_omegaconf_mapping_accepted():
@@ -311,6 +312,22 @@ def test_supercell_of_training_structure_matches(ref):
     assert values([rocksalt() * (2, 1, 1)], ref, names=["novel"])["novel"] == 0.0
 
 
+def test_vun_rate_counts_each_structure_over_all_samples(ref):
+    """valid AND unique (first of its duplicates) AND novel, per structure, over every requested sample."""
+    sr = perovskite()  # novel (the training set has the Ba one)
+    generated = [sr, sr.copy(), rocksalt(), too_close(), None, perovskite(a_site="Ca")]
+    names = ["valid", "unique", "novel", "vun_rate"]
+    report = run_metrics(generated, ref, cfg={"names": names}, progress=False)
+    # by hand: Sr (first), Ca -> 2 of 6; its duplicate is not unique, rock salt is in train, two are invalid
+    assert report.per_sample["vun_rate"].tolist() == [True, False, False, False, False, True]
+    entry = report.metrics["vun_rate"]
+    assert entry["value"] == pytest.approx(2 / 6) and entry["n_vun"] == 2 and entry["n_generated"] == 6
+    assert entry["version"] == "2.0" and entry["direction"] == "max"
+    product = math.prod(report.metrics[name]["value"] for name in names[:3])
+    assert product == pytest.approx(4 / 6 * 3 / 4 * 3 / 4)  # the old board number, 0.375: not a rate
+    assert math.isnan(values([], ref, names=["vun_rate"])["vun_rate"])
+
+
 def test_no_valid_structures_gives_nan_with_reason(ref):
     report = run_metrics([None, too_close()], ref, progress=False)
     undefined = (
@@ -397,8 +414,9 @@ def test_every_metric_responds_to_its_input(ref):
     ]
     a = values(first, ref)
     b = values(second, ref)
-    assert set(a) == set(DEFAULT_NAMES)  # the fingerprint metrics: tests/test_metrics_fingerprint.py
-    for name in DEFAULT_NAMES:
+    # the fingerprint metrics: tests/test_metrics_fingerprint.py
+    assert set(a) == set(with_implied(DEFAULT_NAMES))
+    for name in with_implied(DEFAULT_NAMES):
         assert a[name] != pytest.approx(b[name]), name
 
 
@@ -454,3 +472,16 @@ def test_prepare_cache_on_disk(tmp_path, ref, caplog):
     assert third.values() == first.values()
     no_sums = run_metrics([rocksalt()], ref, cfg=cfg, cache_dir=tmp_path, progress=False)
     assert {e["prepare_cache"] for e in no_sums.metrics.values()} == {"off"}
+
+
+def test_vun_rate_is_implied_by_its_inputs_and_leaves_configs_unchanged() -> None:
+    """vun_rate is scored whenever valid, unique and novel are, without a config key of its own, so configs of
+    runs scored before it existed keep their hash."""
+    from bench.config import compose
+    from bench.metrics.settings import MetricSettings
+
+    cfg = compose(["experiment=perov_5_offline"])
+    assert "vun_rate" not in cfg.metrics.names
+    names = MetricSettings.from_mapping(cfg.metrics).names
+    assert names.index("vun_rate") == names.index("novel") + 1
+    assert "vun_rate" not in MetricSettings.from_mapping({"names": ["valid", "unique"]}).names

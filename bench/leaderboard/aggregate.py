@@ -1,7 +1,9 @@
 """Aggregate result records into leaderboard rows: seeds pooled per (dataset, split protocol, model variant).
 
-For every metric a row holds the per-seed values, their mean, sample standard deviation and a
-percentile-bootstrap 95% confidence interval of the mean (undefined with a single seed), plus mean costs.
+For every metric a row holds the per-seed values, their mean, sample standard deviation and a 95% confidence
+interval of the mean (Student-t below 10 seeds, percentile bootstrap from 10 on, undefined with a single
+seed: :mod:`bench.leaderboard.stats`), plus mean costs. Every metric, ``vun_rate`` included, is read from the
+records as the metric suite stored it; nothing is derived here.
 Runs that failed or do not apply become rows of their own with the reason, so nothing disappears.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.leaderboard.format import fmt_value
+from bench.leaderboard.stats import bootstrap_ci, compare, finite_values, mean_ci
 from bench.records import ResultRecord
 
 __all__ = [
@@ -31,11 +33,11 @@ __all__ = [
     "bootstrap_ci",
     "finite_values",
     "summarize",
-    "vun_rate",
     "split_superseded",
     "aggregate",
     "metric_columns",
     "best_per_column",
+    "rank_summaries",
     "pareto_front",
     "quality",
     "total_seconds",
@@ -48,12 +50,9 @@ log = logging.getLogger(__name__)
 # Kinds whose numbers this project's metric suite computed from generated structures: the only rows that
 # compete for "best". References (test set, copies, random) and published numbers are shown beside them.
 RERUN_KINDS = frozenset({"run", "external"})
-# The derived headline quality: valid x unique x novel per seed (unique, novel: fractions of the valid ones).
+# The headline quality: valid AND unique AND novel per structure, over all samples (stored by the metric
+# suite, bench.metrics.novelty.VUNRate).
 QUALITY_METRIC = "vun_rate"
-QUALITY_DESCRIPTION = (
-    "valid × unique × novel, per seed (unique and novel are fractions of the valid structures); "
-    "derived on the board"
-)
 # Column order on the board; metrics not listed follow alphabetically.
 PREFERRED_METRICS = (
     "valid",
@@ -100,6 +99,8 @@ class MetricSummary:
     std: float | None
     ci: tuple[float, float] | None
     description: str = ""
+    ci_method: str | None = None
+    """How ``ci`` was computed: ``"t"`` (Student-t), ``"bootstrap"``, or None when undefined."""
 
     @property
     def n(self) -> int:
@@ -145,45 +146,6 @@ class Row:
         return None if value is None else float(value)
 
 
-def finite_values(values: Iterable[Any]) -> list[float]:
-    """The values that are finite numbers, as floats (None, booleans, text and NaN/inf are dropped)."""
-    out = []
-    for v in values:
-        if isinstance(v, bool) or v is None:
-            continue
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out.append(f)
-    return out
-
-
-def bootstrap_ci(
-    values: Sequence[float], *, n_resamples: int = 2000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float] | None:
-    """Percentile-bootstrap confidence interval of the mean.
-
-    Args:
-        values: Per-seed values (non-finite ones are ignored).
-        n_resamples: Number of bootstrap resamples.
-        level: Coverage of the interval.
-        seed: Seed of the ``numpy.random.Generator``; the same inputs and seed give the same interval.
-
-    Returns:
-        ``(low, high)``, or None with fewer than two finite values (the interval is undefined).
-    """
-    data = np.asarray(finite_values(values), dtype=float)
-    if data.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(low), float(high)
-
-
 def summarize(
     name: str,
     direction: str,
@@ -193,26 +155,13 @@ def summarize(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> MetricSummary:
-    """Mean, sample standard deviation and bootstrap CI of the finite ``values``."""
+    """Mean, sample standard deviation and 95% CI of the mean (:func:`bench.leaderboard.stats.mean_ci`) of the
+    finite ``values``."""
     finite = tuple(finite_values(values))
     mean = float(np.mean(finite)) if finite else None
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
-    ci = bootstrap_ci(finite, n_resamples=n_resamples, seed=seed)
-    return MetricSummary(name, direction, finite, mean, std, ci, description)
-
-
-def vun_rate(metrics: Mapping[str, Mapping[str, Any]]) -> float | None:
-    """valid × unique × novel of one record; 0 when nothing is valid; None when a factor is missing."""
-    valid = finite_values([metrics.get("valid", {}).get("value")])
-    if not valid:
-        return None
-    if valid[0] == 0.0:
-        return 0.0
-    unique = finite_values([metrics.get("unique", {}).get("value")])
-    novel = finite_values([metrics.get("novel", {}).get("value")])
-    if not unique or not novel:
-        return None
-    return valid[0] * unique[0] * novel[0]
+    ci, method = mean_ci(finite, n_resamples=n_resamples, seed=seed)
+    return MetricSummary(name, direction, finite, mean, std, ci, description, method)
 
 
 def _protocol_id(record: ResultRecord) -> str:
@@ -305,17 +254,6 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
             n_resamples=n_resamples,
             seed=seed,
         )
-    if QUALITY_METRIC not in row.metrics:
-        per_seed = [vun_rate(r.metrics) for r in records]
-        if any(v is not None for v in per_seed):
-            row.metrics[QUALITY_METRIC] = summarize(
-                QUALITY_METRIC,
-                "max",
-                per_seed,
-                description=QUALITY_DESCRIPTION,
-                n_resamples=n_resamples,
-                seed=seed,
-            )
     for key in (*COST_KEYS, "train_steps"):  # train_steps: for the summary's cost lines, not a column
         values = finite_values(r.cost.get(key) for r in records)
         if values:
@@ -328,7 +266,7 @@ def aggregate(records: Sequence[ResultRecord], *, n_resamples: int = 2000, seed:
 
     Args:
         records: Result records (duplicates of one seed are resolved by :func:`split_superseded`).
-        n_resamples: Bootstrap resamples for the confidence intervals.
+        n_resamples: Bootstrap resamples for the confidence intervals (rows with 10 or more seeds).
         seed: Seed of the bootstrap generator (each metric restarts from it, so intervals are reproducible).
 
     Returns:
@@ -370,32 +308,42 @@ def metric_columns(rows: Iterable[Row]) -> list[str]:
 
 
 def best_per_column(rows: Sequence[Row], metrics: Iterable[str] | None = None) -> dict[str, set[int]]:
-    """Indices of the best re-run complete rows per metric, within each split protocol.
+    """Indices of the leading re-run complete row per metric, within each split protocol.
 
-    References and published rows never count; a protocol with a single competing row marks nothing; values
-    equal at display precision are ties and all marked. The direction of each metric comes from its summaries.
+    A row is marked only when its lead over the runner-up holds by :func:`bench.leaderboard.stats.compare`
+    (shown values differ by more than two units of the last digit and Welch's t-test gives p < 0.05), the same
+    rule the findings under each table state. Ties at display precision mark nothing, and neither does a
+    protocol with a single competing row. References and published rows never count. The direction of each
+    metric comes from its summaries.
 
     Returns:
-        metric -> set of indices into ``rows``.
+        metric -> set of indices into ``rows`` (at most one per protocol).
     """
     names = list(metrics) if metrics is not None else metric_columns(rows)
     out: dict[str, set[int]] = {}
     for name in names:
-        by_protocol: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
-        direction = "max"
+        by_protocol: dict[tuple[str, str], list[tuple[MetricSummary, int]]] = defaultdict(list)
         for i, row in enumerate(rows):
             summary = row.metrics.get(name)
             if row.is_rerun and summary is not None and summary.mean is not None:
-                direction = summary.direction
-                by_protocol[(row.dataset, row.protocol_id)].append((summary.mean, i))
+                by_protocol[(row.dataset, row.protocol_id)].append((summary, i))
         marked: set[int] = set()
         for candidates in by_protocol.values():
             if len(candidates) < 2:  # a lone run is not "best" of anything
                 continue
-            target = fmt_value((max if direction == "max" else min)(v for v, _ in candidates))
-            marked.update(i for v, i in candidates if fmt_value(v) == target)
+            (lead, i), (second, _) = rank_summaries(candidates)[:2]
+            if compare(lead.values, second.values).holds:
+                marked.add(i)
         out[name] = marked
     return out
+
+
+def rank_summaries(items: Sequence[tuple[MetricSummary, Any]]) -> list[tuple[MetricSummary, Any]]:
+    """``(summary, payload)`` pairs, best mean first in the metric's direction (stable for ties)."""
+    if not items:
+        return []
+    sign = -1.0 if items[0][0].direction == "max" else 1.0
+    return sorted(items, key=lambda item: sign * float(item[0].mean))
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -414,7 +362,7 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def quality(row: Row) -> float | None:
-    """The y axis of the quality-versus-cost plot: mean valid·unique·novel rate, else mean ``valid``."""
+    """The y axis of the quality-versus-cost plot: mean ``vun_rate``, else mean ``valid``."""
     for name in (QUALITY_METRIC, "valid"):
         summary = row.metrics.get(name)
         if summary is not None and summary.mean is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from bench.leaderboard.precision import decimals as _decimals
+
 if TYPE_CHECKING:
     from bench.leaderboard.aggregate import MetricSummary
 
@@ -26,18 +28,6 @@ DASH = "–"
 def arrow(direction: str) -> str:
     """↑ when higher is better, ↓ when lower is better."""
     return "↑" if direction == "max" else "↓"
-
-
-def _decimals(x: float) -> int | None:
-    """Decimals used for a number of this size; None for tiny numbers (two significant digits instead)."""
-    a = abs(x)
-    if a >= 100:
-        return 1
-    if a >= 10:
-        return 2
-    if 0 < a < 0.01:
-        return None
-    return 3
 
 
 def fmt_value(x: float | None, decimals: int | None = -1) -> str:
@@ -66,7 +56,8 @@ def fmt_mean_std(summary: MetricSummary | None, *, reported: bool = False) -> st
 
 
 def fmt_ci(summary: MetricSummary | None) -> str:
-    """``[low, high]`` 95% bootstrap CI at the mean's precision; says so when it is undefined (one seed)."""
+    """``[low, high]`` 95% CI of the mean (Student-t or bootstrap, see :mod:`bench.leaderboard.stats`) at the
+    mean's precision; says so when it is undefined (one seed)."""
     if summary is None or summary.mean is None:
         return ""
     if summary.ci is None:

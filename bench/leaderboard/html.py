@@ -31,8 +31,8 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
-from bench.leaderboard.summary import summary_markdown
 from bench.leaderboard.published import published_meta
+from bench.leaderboard.summary import summary_markdown
 from bench.leaderboard.svg import Bar, Point, bars_svg, family_colors, scatter_svg
 
 __all__ = ["render_html"]
@@ -372,14 +372,16 @@ def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
 def _legend() -> str:
     meta = published_meta()
     items = [
-        "Cells: mean ± sample standard deviation over seeds; below it the 95% percentile-bootstrap "
-        "confidence interval of the mean (2,000 resamples). One seed: no spread, "
-        "<i>CI n/a (1 seed)</i>.",
-        "↑ higher is better, ↓ lower is better. Highlighted: best in its column among this project's "
-        "complete runs on the same split protocol (references and published numbers never are).",
-        "<code>vun_rate</code> = valid × unique × novel per seed; unique and novel are fractions of the "
-        "valid structures. It is the y axis of the quality-versus-cost plot (<code>valid</code> where it is "
-        "missing).",
+        "Cells: mean ± sample standard deviation over seeds; below it the 95% confidence interval of the "
+        "mean: Student-t below 10 seeds, percentile bootstrap (2,000 resamples) from 10 seeds on. One seed: "
+        "no spread, <i>CI n/a (1 seed)</i>.",
+        "↑ higher is better, ↓ lower is better. Highlighted: the leader of its column among this project's "
+        "complete runs on the same split protocol, only when its lead over the runner-up holds (Welch's "
+        "t-test p &lt; 0.05 and more than two units of the last shown digit apart); ties at display "
+        "precision, references and published numbers never are.",
+        "<code>vun_rate</code>: fraction of all samples that are valid AND unique AND novel, decided per "
+        "structure (unique: the first of each set of matching structures; MatterGen's convention). It is "
+        "the y axis of the quality-versus-cost plot (<code>valid</code> where it is missing).",
         "Click a column header to sort (first click: best first; again: reverse). Untick a family to "
         "hide its rows and plot marks.",
         "<i>reference</i> rows are baselines scored by the same metric suite; <i>external</i> rows are "
@@ -460,7 +462,7 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
     Args:
         board: The aggregated board.
         title: Page title.
-        analysis: Hand-written Markdown (``leaderboard/analysis.md``) shown under "Analysis" before the tables.
+        analysis: Hand-written Markdown (``leaderboard/analysis.md``), under "Analysis" before the tables.
     """
     colors = family_colors(r.family for r in board.rows)
     datasets = board.datasets()
@@ -478,7 +480,8 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
             parts.append(_own_table(dataset, own))
             found = summary_markdown(own, dataset)
             if found:
-                parts.append(f'<div class="findings"><h3>Findings</h3>{markdown_block(chr(10).join(found))}</div>')
+                block = markdown_block(chr(10).join(found))
+                parts.append(f'<div class="findings"><h3>Findings</h3>{block}</div>')
             parts.append(_plots(own, colors))
         else:
             parts.append('<p class="muted">No runs of this project on this dataset yet.</p>')

@@ -37,14 +37,16 @@ def _legend() -> list[str]:
     return [
         "How to read it:",
         "",
-        "- Each cell is the mean ± sample standard deviation over seeds, with the 95% percentile-bootstrap "
-        "confidence interval of the mean below it (2,000 resamples). With one seed there is no spread: "
-        "`CI n/a (1 seed)`.",
-        "- ↑ higher is better, ↓ lower is better. **Bold**: best in its column among this project's complete "
-        "runs on "
-        "the same split protocol; reference rows and published numbers are never bold.",
-        "- `vun_rate` = valid × unique × novel per seed (unique and novel are fractions of the valid "
-        "structures).",
+        "- Each cell is the mean ± sample standard deviation over seeds, with the 95% confidence interval of "
+        "the mean below it: Student-t below 10 seeds (a percentile bootstrap over 3 seeds would be just "
+        "[min, max]), percentile bootstrap (2,000 resamples) from 10 seeds on. With one seed there is no "
+        "spread: `CI n/a (1 seed)`.",
+        "- ↑ higher is better, ↓ lower is better. **Bold**: the leader of its column among this project's "
+        "complete runs on the same split protocol, only when its lead over the runner-up holds (Welch's "
+        "t-test p < 0.05 and more than two units of the last shown digit apart); ties at display precision "
+        "are never bold, nor are reference rows and published numbers.",
+        "- `vun_rate`: fraction of all samples that are valid AND unique AND novel, decided per structure "
+        "(unique: the first of each set of matching structures; MatterGen's convention).",
         "- *reference* rows are baselines scored by the same metric suite (e.g. the test set itself); "
         "*external* rows are someone else's samples scored here.",
         "- *protocol*: the split protocol a run used; only `official` protocols compare with published "
@@ -140,7 +142,7 @@ def render_board_markdown(board: Board, analysis: str | None = None) -> str:
 
     Args:
         board: The aggregated board.
-        analysis: Hand-written Markdown (``leaderboard/analysis.md``) placed under "Analysis" before the tables.
+        analysis: Hand-written Markdown (``leaderboard/analysis.md``), under "Analysis" before the tables.
     """
     lines = [
         "# matgenbench leaderboard",

@@ -1,10 +1,11 @@
 """Plain-words findings computed from the board: who leads each headline metric, and whether the lead is real.
 
 For every dataset and protocol with at least two competing rows (runs of this project, seeds pooled) and every
-headline metric, the leader and the runner-up are named with their means and 95% bootstrap intervals, and the
-finding says whether the intervals are apart ("ahead") or overlap ("not separated"). With three seeds a bootstrap
-interval is rough, so "not separated" is the honest reading of close numbers, and the text says how many seeds
-stand behind each mean. A cost line per dataset gives training seconds, steps and sampling throughput.
+headline metric, the leader and the runner-up are named with their means and 95% intervals of the mean, and
+the finding says whether the lead holds by :func:`bench.leaderboard.stats.compare`: Welch's t-test over the
+per-seed values (p shown), after ties at display precision and gaps of at most two units of the last shown
+digit are set aside. Interval overlap alone never decides. The text says how many seeds stand behind each
+mean. A cost line per dataset gives training seconds, steps and sampling throughput.
 
 Nothing here is written by hand: the findings are recomputed on every ``leaderboard build``. A hand-written
 analysis, if any, lives in ``leaderboard/analysis.md`` and is placed above them (see
@@ -17,10 +18,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.leaderboard.aggregate import QUALITY_METRIC, MetricSummary, Row
+from bench.leaderboard.aggregate import QUALITY_METRIC, MetricSummary, Row, rank_summaries
 from bench.leaderboard.format import fmt_rate, fmt_seconds, fmt_value
+from bench.leaderboard.stats import ALPHA, MIN_BOOTSTRAP_SEEDS, MIN_DISPLAY_UNITS, Comparison, compare
 
-__all__ = ["HEADLINE_METRICS", "Finding", "findings", "cost_lines", "summary_markdown"]
+__all__ = ["HEADLINE_METRICS", "Finding", "findings", "cost_lines", "fmt_p", "summary_markdown"]
 
 HEADLINE_METRICS = (
     "valid", QUALITY_METRIC, "unique", "novel", "cov_recall", "cov_precision", "wdist_density",
@@ -42,14 +44,13 @@ class Finding:
     runner_up_summary: MetricSummary
     tied: tuple[str, ...] = ()
     """Every row equal to the leader at display precision, leader included (empty: the leader is alone)."""
+    comparison: Comparison = Comparison("undefined")
+    """Leader against runner-up (:func:`bench.leaderboard.stats.compare`): the verdict and Welch's p."""
 
     @property
-    def separated(self) -> bool | None:
-        """True when the two 95% intervals do not overlap; None when either interval is undefined."""
-        a, b = self.leader_summary.ci, self.runner_up_summary.ci
-        if a is None or b is None:
-            return None
-        return a[1] < b[0] or b[1] < a[0]
+    def holds(self) -> bool:
+        """True when the leader's lead is real (Welch p < 0.05, more than two shown units, not a tie)."""
+        return not self.tied and self.comparison.holds
 
     def sentence(self) -> str:
         arrow = "↑" if self.direction == "max" else "↓"
@@ -61,15 +62,24 @@ class Finding:
             ci = f" [{fmt_value(s.ci[0])}, {fmt_value(s.ci[1])}]" if s.ci else ""
             return f"{name} {fmt_value(s.mean)}{ci}"
 
+        p = self.comparison.p
+        test = f"Welch's t-test {fmt_p(p)}" if p is not None else "no t-test (one seed)"
         verdict = {
-            True: "intervals apart: the lead holds",
-            False: "intervals overlap: not separated",
-            None: "interval undefined (one seed): no claim",
-        }[self.separated]
+            "holds": f"{test}: {self.leader} leads",
+            "not_separated": f"{test}: not separated, no leader",
+            "too_close": f"{test}; at most {MIN_DISPLAY_UNITS} units of the last digit apart: no leader",
+            "undefined": f"{test}: no claim",
+            "tied": "tied: no leader",
+        }[self.comparison.verdict]
         seeds = sorted({self.leader_summary.n, self.runner_up_summary.n})
-        return (f"**{self.metric}** {arrow}: {part(self.leader, self.leader_summary)} leads "
+        return (f"**{self.metric}** {arrow}: {part(self.leader, self.leader_summary)} vs "
                 f"{part(self.runner_up, self.runner_up_summary)}; {verdict} "
                 f"({'/'.join(map(str, seeds))} seeds).")
+
+
+def fmt_p(p: float) -> str:
+    """``p = 0.012`` (two significant digits), ``p < 0.001`` below that."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def _competing(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
@@ -89,13 +99,12 @@ def findings(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE_METRICS) -> 
                     if metric in r.metrics and r.metrics[metric].mean is not None]
             if len(have) < 2:
                 continue
-            direction = have[0][1].direction
-            have.sort(key=lambda item: item[1].mean if direction == "min" else -item[1].mean)
-            (lead, ls), (second, ss) = have[0], have[1]
+            ranked = rank_summaries([(s, r) for r, s in have])
+            (ls, lead), (ss, second) = ranked[0], ranked[1]
             # equal at display precision is a tie, as the board's highlighting counts it
-            tied = tuple(r.name for r, s in have if fmt_value(s.mean) == fmt_value(ls.mean))
-            out.append(Finding(dataset, protocol, metric, direction, lead.name, ls, second.name, ss,
-                               tied if len(tied) > 1 else ()))
+            tied = tuple(r.name for s, r in ranked if fmt_value(s.mean) == fmt_value(ls.mean))
+            out.append(Finding(dataset, protocol, metric, ls.direction, lead.name, ls, second.name, ss,
+                               tied if len(tied) > 1 else (), compare(ls.values, ss.values)))
     return out
 
 
@@ -122,7 +131,13 @@ def summary_markdown(rows: Sequence[Row], dataset: str) -> list[str]:
     found = findings(mine)
     if not found:
         return []
-    lines = ["Computed from the rows above on every build (leader vs runner-up, 95% bootstrap intervals):", ""]
+    lines = [
+        "Computed from the rows above on every build: leader vs runner-up with 95% intervals of the mean "
+        f"(Student-t below {MIN_BOOTSTRAP_SEEDS} seeds, bootstrap from there on). A lead holds only when "
+        f"Welch's t-test gives p < {ALPHA:g} and the means are more than {MIN_DISPLAY_UNITS} units of the "
+        "last shown digit apart; equal shown values are ties. Interval overlap alone decides nothing.",
+        "",
+    ]
     protocols = sorted({f.protocol for f in found})
     for protocol in protocols:
         if len(protocols) > 1:

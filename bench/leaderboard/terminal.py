@@ -157,7 +157,7 @@ def board_tables(
         sort: Order rows best first by this metric (or cost key), respecting its direction; complete runs are
             ranked first, references after them, rows without a value last.
         metrics: Show only these metric columns, in this order (all when None).
-        ci: Show the bootstrap confidence interval under each mean.
+        ci: Show the 95% confidence interval of the mean under each mean.
 
     Raises:
         ValueError: For a dataset not on the board, or a sort key or metric no row has; the message lists the

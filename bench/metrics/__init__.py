@@ -26,7 +26,7 @@ from bench.metrics.distribution import JSDElements, JSDSpacegroup, WDistDensity,
 from bench.metrics.diversity import CompDiv, StructDiv
 from bench.metrics.fingerprints import Fingerprint, compute_fingerprints
 from bench.metrics.generated import GeneratedSet, SampleRecord
-from bench.metrics.novelty import Memorized, Novel, Unique
+from bench.metrics.novelty import Memorized, Novel, Unique, VUNRate
 from bench.metrics.property import PropertyModel, WDistProp
 from bench.metrics.recall import TestRecall
 from bench.metrics.registry import REGISTRY, build_metric
@@ -76,6 +76,7 @@ __all__ = [
     "StructValid",
     "TestRecall",
     "Unique",
+    "VUNRate",
     "Valid",
     "ValiditySettings",
     "WDistDensity",

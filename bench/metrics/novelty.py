@@ -7,6 +7,14 @@ compared (the matcher's own composition check would reject the others).
 
 - ``unique``: fraction of valid structures that match no *earlier* valid structure of the set.
 - ``novel``: fraction of valid structures that match no training structure; ``memorized`` = 1 - ``novel``.
+- ``vun_rate``: fraction of *all requested* samples that are valid AND unique AND novel, decided per structure
+  (:func:`vun_flags`). "Unique" is attributed to the first member of each duplicate class in sample order: a
+  valid structure is unique when it matches no earlier valid structure (the per-structure ``unique`` column),
+  so a class of k matching structures contributes at most one. This is MatterGen's convention
+  (microsoft/mattergen: mattergen/evaluation/metrics/structure.py, ``StructureMetricsCapability.is_unique``
+  "True for the first structure from a set of duplicates", ``FracNovelUniqueStructures`` = mean of
+  ``is_novel & is_unique`` over all samples, with validity added to the conjunction). It is not the
+  product valid × unique × novel of the three rates: uniqueness and novelty are not independent.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from bench.metrics.matching import (
 )
 from bench.metrics.settings import MatcherSettings, MetricSettings, settings_hash
 
-__all__ = ["Memorized", "Novel", "Unique", "reduced_generated"]
+__all__ = ["Memorized", "Novel", "Unique", "VUNRate", "reduced_generated", "vun_flags"]
 
 
 def reduced_generated(gset: GeneratedSet, i: int, primitive_cell: bool) -> Structure:
@@ -41,6 +49,30 @@ def reduced_generated(gset: GeneratedSet, i: int, primitive_cell: bool) -> Struc
     if i not in cache:
         cache[i] = reduce_structure(gset[i], primitive_cell)
     return cache[i]
+
+
+def vun_flags(valid: Sequence[Any], unique: Sequence[Any], novel: Sequence[Any]) -> np.ndarray:
+    """Per structure: valid AND unique AND novel (missing / NaN / NA counts as false).
+
+    The one definition used by :class:`VUNRate` and by the re-scoring of stored per-sample tables
+    (:mod:`bench.rescore`).
+
+    Args:
+        valid: Per-sample validity flags.
+        unique: Per-sample uniqueness (1/True for the first member of each duplicate class; NaN when invalid).
+        novel: Per-sample novelty against the training split (NaN when invalid).
+
+    Returns:
+        Boolean array, one entry per sample.
+    """
+
+    def as_bool(values: Sequence[Any]) -> np.ndarray:
+        return np.array([bool(v) if not pd.isna(v) else False for v in values], dtype=bool)
+
+    flags = [as_bool(v) for v in (valid, unique, novel)]
+    if len({len(f) for f in flags}) != 1:
+        raise ValueError(f"valid, unique and novel differ in length: {[len(f) for f in flags]}")
+    return flags[0] & flags[1] & flags[2]
 
 
 def _uniqueness(gset: GeneratedSet, settings: MatcherSettings) -> dict[str, Any]:
@@ -221,3 +253,33 @@ class Memorized(Novel):
             extra["reason"] = "no valid structures"
         value = n_memorized / n_valid if n_valid else math.nan
         return MetricResult(value=value, per_sample=1.0 - res["novel"], extra=extra)
+
+
+class VUNRate(Novel):
+    """Fraction of all requested samples that are valid, unique and novel, decided per structure (MatterGen).
+
+    The numerator counts structures with ``valid`` AND ``unique`` (first member of its duplicate class) AND
+    ``novel``; the denominator is every generated item, constructed or not. See the module docstring for the
+    definition and its sources.
+    """
+
+    name = "vun_rate"
+    version = "2.0"  # 2.0: per structure; 1.x was the board's product valid × unique × novel (never stored)
+    description = (
+        "fraction of all samples that are valid AND unique (first of their duplicate class) AND novel, "
+        "per structure (MatterGen)"
+    )
+
+    def __call__(self, generated: Sequence[Structure | None], prepared: FormulaIndex) -> MetricResult:
+        gset = GeneratedSet.wrap(generated, self.settings.validity)
+        key = ("unique", settings_hash(self.settings.to_dict()["matcher"]))
+        uniq = gset.memo(key, lambda: _uniqueness(gset, self.settings.matcher))
+        nov = self._result(generated, prepared)
+        flags = vun_flags(gset.flags("valid"), uniq["unique"], nov["novel"])
+        n = len(flags)
+        extra: dict[str, Any] = {"n_vun": int(flags.sum()), "n_generated": n,
+                                 "matcher_convention": self.settings.matcher.convention}
+        if not n:
+            extra["reason"] = "no generated items"
+        return MetricResult(value=float(flags.mean()) if n else math.nan, per_sample=flags.astype(float),
+                            extra=extra)

@@ -12,7 +12,7 @@ from bench.metrics.coverage import (
 )
 from bench.metrics.distribution import JSDElements, JSDSpacegroup, WDistDensity, WDistNumElems
 from bench.metrics.diversity import CompDiv, StructDiv
-from bench.metrics.novelty import Memorized, Novel, Unique
+from bench.metrics.novelty import Memorized, Novel, Unique, VUNRate
 from bench.metrics.property import WDistProp
 from bench.metrics.recall import TestRecall
 from bench.metrics.settings import MetricSettings
@@ -27,6 +27,7 @@ REGISTRY: dict[str, type] = {
     "unique": Unique,
     "novel": Novel,
     "memorized": Memorized,
+    "vun_rate": VUNRate,
     "wdist_density": WDistDensity,
     "wdist_num_elems": WDistNumElems,
     "jsd_spacegroup": JSDSpacegroup,

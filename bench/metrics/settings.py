@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 __all__ = [
+    "IMPLIED_METRICS",
     "CoverageCutoffs",
     "DistributionSettings",
     "ParallelSettings",
     "MatcherSettings",
     "MetricSettings",
     "PropertyModelSettings",
+    "with_implied",
     "ValiditySettings",
     "settings_hash",
     "to_plain",
@@ -249,6 +251,21 @@ class PropertyModelSettings:
             raise ValueError("property_model.max_iter >= 1, learning_rate > 0 and alpha >= 0 are required")
 
 
+IMPLIED_METRICS: dict[str, tuple[str, ...]] = {"vun_rate": ("valid", "unique", "novel")}
+"""Metrics computed whenever all the metrics they combine are asked for, without being named in ``names``:
+``vun_rate`` needs nothing the three rates do not already compute. Leaving them out of ``names`` keeps the
+configs (and so the config hashes) of runs scored before they existed unchanged."""
+
+
+def with_implied(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` plus every implied metric whose inputs are all in it (right after the last of its inputs)."""
+    out = list(names)
+    for implied, inputs in IMPLIED_METRICS.items():
+        if implied not in out and all(name in out for name in inputs):
+            out.insert(max(out.index(name) for name in inputs) + 1, implied)
+    return tuple(out)
+
+
 DEFAULT_NAMES: tuple[str, ...] = (
     "struct_valid",
     "comp_valid",
@@ -295,6 +312,10 @@ class MetricSettings:
     property_model: PropertyModelSettings = field(default_factory=PropertyModelSettings)
     cov_cutoffs: CoverageCutoffs | None = None
     property: str | None = None
+
+    def __post_init__(self) -> None:
+        # implied metrics (IMPLIED_METRICS) join the names however the settings are built
+        object.__setattr__(self, "names", with_implied(tuple(self.names)))
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None = None) -> MetricSettings:
