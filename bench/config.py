@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -13,8 +14,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
-    "CONFIG_MODULE", "LOCAL_PATH", "compose", "config_hash", "training_hash", "training_config", "resolved",
-    "record_config", "cache_dir", "as_path",
+    "CONFIG_MODULE", "DEFAULT_REPRESENTATION", "LOCAL_PATH", "compose", "config_hash", "training_hash",
+    "training_config", "resolved", "record_config", "representation_node", "cache_dir", "as_path",
+    "PUBLISHED_RESULTS_DIR", "publishes", "results_dir", "leaderboard_dir",
 ]
 
 CONFIG_MODULE = "bench.conf"
@@ -32,6 +34,12 @@ _HASH_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (
 )
 _TRAINING_EXCLUDE = ("sample", "samples", "evaluate", "reference", "metrics")
 _TRAINING_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (("model", "module", "sampler"),)
+
+DEFAULT_REPRESENTATION = "crystal"
+"""The ``conf/representation/`` preset that ``conf/config.yaml`` selects. A run that uses it unchanged hashes
+as if it had no ``representation`` node, so configs and records from before the group existed keep their
+config and training hashes (and their run directories); any other representation, or this one changed (a
+``condition``, other ``elements``), enters both hashes."""
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
@@ -85,7 +93,8 @@ def record_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
 def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     """sha256 (hex, 16 chars) of the resolved config, leaving out where-things-go and how-fast keys (paths,
-    logger, threads, record, force, train.ckpt_path, train.ckpt_every_n_steps, metrics.parallel)."""
+    logger, threads, record, force, train.ckpt_path, train.ckpt_every_n_steps, metrics.parallel) and the
+    ``representation`` node while it is the default preset (:data:`DEFAULT_REPRESENTATION`)."""
     return _hash(resolved(cfg), _HASH_EXCLUDE, _HASH_EXCLUDE_NESTED)
 
 
@@ -110,6 +119,8 @@ def _hash(data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[s
 def _hashed_part(
     data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[str, ...]]
 ) -> dict[str, Any]:
+    if "representation" in data and data["representation"] == _default_representation(data):
+        exclude = (*exclude, "representation")
     data = copy.deepcopy({k: v for k, v in data.items() if k not in exclude})
     for *parents, key in nested:
         node: Any = data
@@ -125,6 +136,50 @@ def _digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def representation_node(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved ``representation`` node of ``cfg``; for a config saved before the group existed, the
+    default preset (:data:`DEFAULT_REPRESENTATION`) resolved against it.
+
+    Raises:
+        ValueError: the config has no ``representation`` node and the default preset cannot be resolved
+            against it (e.g. no ``dataset.max_atoms``).
+    """
+    data = resolved(cfg)
+    node = data.get("representation")
+    if node is not None:
+        return node
+    default = _default_representation(data)
+    if default is None:
+        raise ValueError(
+            "the config has no `representation` node and the default preset "
+            f"conf/representation/{DEFAULT_REPRESENTATION}.yaml cannot be resolved against it"
+        )
+    return default
+
+
+@functools.lru_cache(maxsize=1)
+def _default_representation_preset() -> tuple[str, tuple[str, ...]]:
+    """The default preset's YAML text and the top-level config keys its interpolations read."""
+    import re
+    from importlib import resources
+
+    preset = resources.files(CONFIG_MODULE).joinpath("representation", f"{DEFAULT_REPRESENTATION}.yaml")
+    text = preset.read_text(encoding="utf-8")
+    return text, tuple(sorted(set(re.findall(r"\$\{([A-Za-z_]\w*)", text))))
+
+
+def _default_representation(data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The default representation preset resolved against the resolved config ``data`` (its interpolations,
+    e.g. ``${dataset.max_atoms}``, take ``data``'s values); None when they cannot be resolved."""
+    text, reads = _default_representation_preset()
+    try:
+        root = OmegaConf.create({k: data[k] for k in reads if k in data and k != "representation"})
+        root.representation = OmegaConf.create(text)
+        return OmegaConf.to_container(root.representation, resolve=True)
+    except Exception:  # a key the preset reads is missing (or unreadable): ``data`` is not using the default
+        return None
+
+
 def cache_dir(cfg: DictConfig | None = None) -> Path:
     """The cache directory: ``paths.cache_dir``, else ``$MATGENBENCH_CACHE_DIR``, else the user cache dir."""
     configured = None
@@ -138,6 +193,42 @@ def cache_dir(cfg: DictConfig | None = None) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("matgenbench"))
+
+
+PUBLISHED_RESULTS_DIR = Path("leaderboard/results")
+"""The tracked records the published board (``leaderboard/README.md``, ``index.html``) is built from."""
+
+
+def publishes(cfg: DictConfig) -> bool:
+    """Whether a run's record belongs on the published board: ``record.publish`` when set, else whether the
+    run follows a pinned experiment (``protocol`` set by ``conf/experiment/``). Ad-hoc runs stay local."""
+    flag = OmegaConf.select(cfg, "record.publish", default=None)
+    return bool(OmegaConf.select(cfg, "protocol", default=None)) if flag is None else bool(flag)
+
+
+def results_dir(cfg: DictConfig) -> Path:
+    """Where ``cfg``'s record goes: ``paths.results_dir`` (or ``$MATGENBENCH_RESULTS_DIR``) when set, else
+    ``leaderboard/results`` for a run that :func:`publishes`, else ``<paths.output_dir>/results`` (ignored by
+    git), so a quick run never lands on the published board."""
+    explicit = as_path(OmegaConf.select(cfg, "paths.results_dir", default=None))
+    if explicit is not None:
+        return explicit
+    if publishes(cfg):
+        return PUBLISHED_RESULTS_DIR
+    return Path(str(OmegaConf.select(cfg, "paths.output_dir", default="outputs"))) / "results"
+
+
+def leaderboard_dir(cfg: DictConfig) -> Path:
+    """Where the board is rebuilt after a run: ``paths.leaderboard_dir`` when set; ``leaderboard`` only when
+    the records go to ``leaderboard/results``; else a ``leaderboard`` folder beside the results folder (for
+    ad-hoc runs: ``outputs/leaderboard``), so the tracked board is rewritten only from the tracked records."""
+    explicit = as_path(OmegaConf.select(cfg, "paths.leaderboard_dir", default=None))
+    if explicit is not None:
+        return explicit
+    results = results_dir(cfg)
+    if results == PUBLISHED_RESULTS_DIR:
+        return PUBLISHED_RESULTS_DIR.parent
+    return results.parent / "leaderboard"
 
 
 def as_path(value: Any) -> Path | None:

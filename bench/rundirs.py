@@ -64,8 +64,8 @@ class RunMismatchError(ValueError):
 
 
 def trained_run_files(folder: str | Path) -> tuple[Path, Path, Path]:
-    """What training leaves in a run directory and loading it needs: the resolved config, the codec and the
-    last checkpoint."""
+    """What training leaves in a run directory and loading it needs: the resolved config, the fitted
+    representation (``codec.json``, with its class) and the last checkpoint."""
     folder = Path(folder)
     return folder / "config.yaml", folder / "codec.json", folder / "checkpoints" / "last.ckpt"
 

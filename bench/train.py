@@ -1,12 +1,15 @@
-"""The train stage: fit the codec on the training split, train the model with Lightning, save everything to
-the run directory (checkpoint, codec state, resolved config, a training summary)."""
+"""The train stage: fit the representation (``representation``, by default the crystal codec) on the training
+split, train the model with Lightning, save everything to the run directory (checkpoint, the fitted
+representation with its class, resolved config, a training summary)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class DictDataset:
-    """A map-style dataset over a dict of equally long tensors (the codec's batch); items are row dicts."""
+    """A map-style dataset over a dict of equally long tensors (the representation's batch); items are row
+    dicts."""
 
     def __init__(self, batch: dict[str, Any]) -> None:
         lengths = {k: len(v) for k, v in batch.items()}
@@ -40,11 +44,40 @@ class DictDataset:
         return {k: v[i] for k, v in self.batch.items()}
 
 
-def build_module(model_cfg: DictConfig, num_types: int, max_atoms: int) -> Any:
-    """Instantiate ``model.module`` with the data-dependent sizes taken from the fitted codec."""
-    from hydra.utils import instantiate
+def build_module(model_cfg: DictConfig, sizes: Mapping[str, int]) -> Any:
+    """Instantiate ``model.module`` with the data-dependent sizes of the fitted representation (its
+    ``sizes()``: ``num_types`` and ``max_atoms`` for the crystal codec, and ``condition_dim`` with a
+    condition).
 
-    return instantiate(model_cfg.module, num_types=num_types, max_atoms=max_atoms)
+    Raises:
+        ValueError: the representation has a condition and the model's class does not declare
+            ``conditional = True`` (an unconditional model would silently ignore it).
+    """
+    from hydra.utils import get_class, instantiate
+
+    sizes = dict(sizes)
+    if sizes.get("condition_dim"):
+        target = str(model_cfg.module._target_)
+        if not getattr(get_class(target), "conditional", False):
+            raise ValueError(
+                f"model {model_cfg.get('name', target)} ({target.rsplit('.', 1)[-1]}) is unconditional, so "
+                "it would ignore the condition of representation.condition: leave representation.condition "
+                "empty, or choose a model whose class sets conditional = True"
+            )
+    return instantiate(model_cfg.module, **sizes)
+
+
+def _encode_split(representation: Any, split: Any, fit: bool = False) -> dict[str, Any]:
+    """Encode a loaded split with its property columns (fitting the representation first if ``fit``); a
+    condition column the split lacks is reported with the dataset and split names."""
+    from bench.datasets.representation import ConditionError
+
+    try:
+        if fit:
+            representation.fit(split.structures, split.properties)
+        return representation.encode(split.structures, split.properties)
+    except ConditionError as err:
+        raise ConditionError(f"dataset {split.name}, split {split.split}: {err}") from err
 
 
 class _LossHistory:
@@ -84,18 +117,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.dataset.train_split`` and return the training summary.
 
     Writes into the run directory (:func:`bench.rundirs.run_dir`, which ``cfg.paths.run_dir`` is set to):
-    ``checkpoints/last.ckpt``, ``codec.json``, ``config.yaml`` (resolved) and ``train_summary.json`` (with the
-    training hash). With several processes (``trainer=ddp``) every process trains, the rank-zero
-    process alone writes files, and the summary says ``global_zero`` so callers can tell them apart.
+    ``checkpoints/last.ckpt``, ``codec.json`` (the fitted representation and its class), ``config.yaml``
+    (resolved) and ``train_summary.json`` (with the training hash). With several processes (``trainer=ddp``)
+    every process trains, the rank-zero process alone writes files, and the summary says ``global_zero`` so
+    callers can tell them apart.
 
     Raises:
         bench.models.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
+        bench.datasets.ConditionError: a ``representation.condition`` column is missing or has missing values
+            (the message names the dataset, the split and the columns it has).
+        ValueError: a condition for a model that is unconditional (:func:`build_module`).
     """
     set_threads(cfg.threads)
     import pytorch_lightning as pl
     import torch
 
-    from bench.datasets.codec import CrystalCodec
+    from bench.datasets.representation import build_representation, representation_state
 
     set_threads(cfg.threads)
     seed_everything(int(cfg.seed))
@@ -108,32 +145,38 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
     log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split,
              len(train_split.structures))
-    codec = CrystalCodec(int(cfg.dataset.max_atoms)).fit(train_split.structures)
+    representation = build_representation(cfg)
     train_loader = _loader(
-        DictDataset(codec.encode(train_split.structures)),
+        DictDataset(_encode_split(representation, train_split, fit=True)),
         int(cfg.train.batch_size), True, int(cfg.seed), int(cfg.train.num_workers),
     )
     val_loader = None
     val_name = cfg.dataset.get("val_split")
     if val_name:
         val_split = load_dataset_split(cfg, val_name, limit=cfg.dataset.get("limit_eval"))
-        usable = [s for s in val_split.structures if codec.can_encode(s)]
+        usable = [i for i, s in enumerate(val_split.structures) if representation.can_encode(s)]
         if len(usable) < len(val_split.structures):
             log.warning(
-                "validation split %s: %d of %d structures left out of val/loss (elements unseen in training "
-                "or more than max_atoms sites)", val_name, len(val_split.structures) - len(usable),
-                len(val_split.structures),
+                "validation split %s: %d of %d structures left out of val/loss (the representation cannot "
+                "encode them: e.g. elements unseen in training or more than max_atoms sites)", val_name,
+                len(val_split.structures) - len(usable), len(val_split.structures),
             )
         if usable:
-            val_loader = _loader(DictDataset(codec.encode(usable)), int(cfg.train.batch_size), False, 0, 0)
+            val_split = dataclasses.replace(
+                val_split, structures=[val_split.structures[i] for i in usable],
+                properties={k: v[usable] for k, v in val_split.properties.items()},
+            )
+            val_loader = _loader(DictDataset(_encode_split(representation, val_split)),
+                                 int(cfg.train.batch_size), False, 0, 0)
 
-    module = build_module(cfg.model, codec.num_types, codec.max_atoms)
+    module = build_module(cfg.model, representation.sizes())
     module.fit_data(train_loader.dataset.batch)
     n_params = sum(p.numel() for p in module.parameters())
     log.info("%s: %s parameters", cfg.model.name, f"{n_params:,}")
 
-    if env_rank() == 0:  # the other data-parallel processes fit the same codec; one writes it
-        atomic_write_json(run_dir / "codec.json", codec.state_dict())
+    if env_rank() == 0:  # the other data-parallel processes fit the same representation; one writes it
+        # codec.json: the fitted state with its class path, so load_trained rebuilds this representation
+        atomic_write_json(run_dir / "codec.json", representation_state(representation))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
 
     history = _LossHistory()
@@ -223,7 +266,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def model_callbacks(model_cfg: DictConfig) -> list[Any]:
-    """The Lightning callbacks a model config asks for (``model.callbacks``: e.g. ``ema``), built from config."""
+    """The Lightning callbacks a model config asks for (``model.callbacks``: e.g. ``ema``), built from
+    config."""
     from hydra.utils import instantiate
 
     nodes = model_cfg.get("callbacks") or {}
@@ -277,15 +321,16 @@ def _check_strategy(trainer_kwargs: dict[str, Any]) -> None:
 
 
 def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tuple[Any, Any, DictConfig]:
-    """Rebuild ``(module, codec, saved_config)`` from a run directory written by :func:`train`.
+    """Rebuild ``(module, representation, saved_config)`` from a run directory written by :func:`train`.
 
-    The weights are loaded with ``weights_only=True`` (no code runs from the checkpoint). ``model_cfg`` may
-    replace the saved ``model`` node's sampler (e.g. ``sampler=ddim`` at sample time); widths always come from
-    the saved run.
+    The representation is the class ``codec.json`` names (a file without one, from runs trained before
+    representations were configurable, is the crystal codec), rebuilt from its fitted state. The weights are
+    loaded with ``weights_only=True`` (no code runs from the checkpoint). ``model_cfg`` may replace the saved
+    ``model`` node's sampler (e.g. ``sampler=ddim`` at sample time); widths always come from the saved run.
     """
     import torch
 
-    from bench.datasets.codec import CrystalCodec
+    from bench.datasets.representation import load_representation
 
     run_dir = Path(run_dir)
     config_file, codec_file, ckpt = trained_run_files(run_dir)
@@ -297,14 +342,14 @@ def load_trained(run_dir: str | Path, model_cfg: DictConfig | None = None) -> tu
             "trained run"
         )
     saved = OmegaConf.load(config_file)
-    codec = CrystalCodec.from_state(json.loads(codec_file.read_text()))
+    codec = load_representation(json.loads(codec_file.read_text()))
     model_node = saved.model
     if model_cfg is not None and "sampler" in model_cfg.module and "sampler" in model_node.module:
         tag = sampler_override(model_cfg, model_node)
         if tag is not None:  # another sampler than the run's own: a variant of its own on the board
             model_node.variant = f"{model_node.variant}+{tag}"
         model_node.module.sampler = model_cfg.module.sampler
-    module = build_module(model_node, codec.num_types, codec.max_atoms)
+    module = build_module(model_node, codec.sizes())
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     module.eval()

@@ -1,4 +1,5 @@
-"""The dataset layer: registry of pinned datasets, verified download and cache, parsing into structures."""
+"""The dataset layer: registry of pinned datasets, verified download and cache, parsing into structures, and
+the representations that turn structures into tensors."""
 
 from __future__ import annotations
 
@@ -24,14 +25,18 @@ from .loading import (
     split_protocol_id,
 )
 from .registry import REGISTRY, DatasetSpec, SplitFile, UnknownDatasetError, dataset_names, get_spec
+from .representation import ConditionError, DecodeFailure, Field, Representation
 from .tiny import tiny_structures
 
 __all__ = [
     "UnknownDatasetError",
     "REGISTRY",
     "ChecksumMismatchError",
+    "ConditionError",
     "DatasetSpec",
     "DatasetUnavailableError",
+    "DecodeFailure",
+    "Field",
     "LoadedSplit",
     "SplitFile",
     "SplitProtocol",
@@ -48,6 +53,7 @@ __all__ = [
     "load_split",
     "parse_cif",
     "render_table",
+    "Representation",
     "resolve_file",
     "sha256",
     "split_protocol",

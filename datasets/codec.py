@@ -1,27 +1,33 @@
 """The crystal representation shared by every model family.
 
-A crystal becomes a fixed-size set of tensors (the convention of CDVAE/DiffCSP, Xie et al. 2022 and Jiao et al.
-2023: lattice + per-site element + fractional coordinates), padded to the dataset's maximum number of atoms:
+A crystal becomes a fixed-size set of tensors (the convention of CDVAE/DiffCSP, Xie et al. 2022 and Jiao et
+al. 2023: lattice + per-site element + fractional coordinates), padded to the dataset's maximum number of
+atoms:
 
 - ``atom_types`` ``[B, N, K+1]``: one-hot over the dataset's K elements, column 0 meaning "empty slot";
 - ``frac_coords`` ``[B, N, 3]``: fractional coordinates in ``[0, 1)``, zero in empty slots;
-- ``lattice`` ``[B, 6]``: ``(log a, log b, log c, alpha, beta, gamma)`` standardised with statistics fitted on the
-  training split;
-- ``mask`` ``[B, N]``: 1 for a filled slot (a convenience; ``decode`` reads the types instead).
+- ``lattice`` ``[B, 6]``: ``(log a, log b, log c, alpha, beta, gamma)`` standardised with statistics fitted on
+  the training split;
+- ``mask`` ``[B, N]``: 1 for a filled slot (a convenience; ``decode`` reads the types instead);
+- ``condition`` ``[B, C]``, only when ``condition`` names property columns (e.g. ``["heat_ref"]``): the
+  structures' property values, standardised with statistics fitted on the training split.
 
-Sites are stored in a canonical order (atomic number, then fractional coordinates), filled slots first. The codec owns
-its scalers (``fit``), as CTGAN's data transformer does, and serialises them with ``state_dict``.
+Sites are stored in a canonical order (atomic number, then fractional coordinates), filled slots first. The
+codec owns its scalers (``fit``), as CTGAN's data transformer does, and serialises them with ``state_dict``.
+It is the default :class:`~bench.datasets.representation.Representation`
+(``conf/representation/crystal.yaml``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pymatgen.core import Element, Lattice, Structure
+
+from .representation import ConditionScaler, DecodeFailure, Field
 
 __all__ = ["CrystalCodec", "DecodeFailure", "FIELDS"]
 
@@ -29,17 +35,6 @@ FIELDS = ("atom_types", "frac_coords", "lattice")
 
 # Smallest V / (a b c) accepted: 1 for a cuboid, 0 for coplanar vectors (~0.06 degrees of out-of-plane tilt).
 _MIN_CELL_SHAPE = 1e-3
-
-
-@dataclass(frozen=True)
-class DecodeFailure:
-    """A generated item that could not be turned into a crystal, with the reason (kept, never dropped)."""
-
-    reason: str
-    index: int = -1
-
-    def __bool__(self) -> bool:  # a failure is falsy, so ``if structure:`` reads naturally
-        return False
 
 
 def _lattice_params(structure: Structure) -> np.ndarray:
@@ -63,20 +58,30 @@ class CrystalCodec:
         max_atoms: number of site slots N; a structure with more sites cannot be encoded.
         elements: the element symbols of the one-hot, in order (column ``i + 1`` is ``elements[i]``). When
             ``None``, ``fit`` takes every element seen in the training structures, sorted by atomic number.
+        condition: property columns of the dataset (e.g. ``["heat_ref"]``) for the ``condition`` field;
+            empty (the default): no ``condition`` field.
     """
 
-    def __init__(self, max_atoms: int, elements: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, max_atoms: int, elements: Sequence[str] | None = None, condition: Sequence[str] = ()
+    ) -> None:
         if max_atoms < 1:
             raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
         self.max_atoms = int(max_atoms)
         self.elements: list[str] | None = list(elements) if elements is not None else None
         self.lattice_mean: np.ndarray | None = None
         self.lattice_std: np.ndarray | None = None
+        self.conditioner = ConditionScaler(condition)
+
+    @property
+    def condition(self) -> tuple[str, ...]:
+        """The property columns of the ``condition`` field (empty: none)."""
+        return self.conditioner.columns
 
     # ------------------------------------------------------------------ fitting and state
     @property
     def fitted(self) -> bool:
-        return self.elements is not None and self.lattice_mean is not None
+        return self.elements is not None and self.lattice_mean is not None and self.conditioner.fitted
 
     @property
     def num_types(self) -> int:
@@ -84,8 +89,38 @@ class CrystalCodec:
         self._require_fitted()
         return len(self.elements) + 1
 
-    def fit(self, structures: Sequence[Structure]) -> CrystalCodec:
-        """Fit the element vocabulary (if not given) and the lattice standardisation on training structures."""
+    def fields(self) -> dict[str, Field]:
+        """The batch layout of :meth:`encode` (see the module docstring)."""
+        n, k1 = self.max_atoms, self.num_types
+        out = {
+            "atom_types": Field((n, k1), "categorical"),
+            "frac_coords": Field((n, 3), "periodic"),
+            "lattice": Field((6,), "continuous"),
+            "mask": Field((n,), "mask"),
+        }
+        if self.condition:
+            out["condition"] = Field((len(self.condition),), "condition")
+        return out
+
+    def sizes(self) -> dict[str, int]:
+        """What ``model.module`` is built with: ``num_types`` and ``max_atoms`` (and ``condition_dim`` when
+        the codec has a condition)."""
+        sizes = {"num_types": self.num_types, "max_atoms": self.max_atoms}
+        if self.condition:
+            sizes["condition_dim"] = len(self.condition)
+        return sizes
+
+    def fit(
+        self, structures: Sequence[Structure], properties: Mapping[str, np.ndarray] | None = None
+    ) -> CrystalCodec:
+        """Fit the element vocabulary (if not given) and the lattice standardisation on training structures,
+        and the condition's standardisation on their ``properties`` (columns aligned with ``structures``).
+
+        Raises:
+            ValueError: a structure has more than ``max_atoms`` sites.
+            bench.datasets.representation.ConditionError: a condition column is missing (the available ones
+                are named) or has missing values.
+        """
         if len(structures) == 0:
             raise ValueError("cannot fit the codec on an empty list of structures")
         too_big = [i for i, s in enumerate(structures) if len(s) > self.max_atoms]
@@ -103,28 +138,35 @@ class CrystalCodec:
         # A constant feature (e.g. every angle 90 degrees) gets unit scale, not a division by zero.
         std = feats.std(axis=0)
         self.lattice_std = np.where(std < 1e-6, 1.0, std)
+        self.conditioner.fit(properties, len(structures))
         return self
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state: enough to rebuild the codec with :meth:`from_state`."""
         self._require_fitted()
-        return {
+        state = {
             "max_atoms": self.max_atoms,
             "elements": list(self.elements),
             "lattice_mean": self.lattice_mean.tolist(),
             "lattice_std": self.lattice_std.tolist(),
         }
+        if self.condition:  # without one, the state is what it was before the condition channel existed
+            state["condition"] = self.conditioner.state_dict()
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CrystalCodec:
         codec = cls(int(state["max_atoms"]), state["elements"])
         codec.lattice_mean = np.asarray(state["lattice_mean"], dtype=np.float64)
         codec.lattice_std = np.asarray(state["lattice_std"], dtype=np.float64)
+        codec.conditioner = ConditionScaler.from_state(state.get("condition"))
         return codec
 
     def _require_fitted(self) -> None:
         if not self.fitted:
-            raise RuntimeError("the codec is not fitted: call fit(train_structures) or build it with from_state")
+            raise RuntimeError(
+                "the codec is not fitted: call fit(train_structures) or build it with from_state"
+            )
 
     # ------------------------------------------------------------------ encode
     def can_encode(self, structure: Structure) -> bool:
@@ -133,11 +175,20 @@ class CrystalCodec:
         known = set(self.elements)
         return len(structure) <= self.max_atoms and all(site.specie.symbol in known for site in structure)
 
-    def encode(self, structures: Sequence[Structure]) -> dict[str, Any]:
+    def encode(
+        self, structures: Sequence[Structure], properties: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, Any]:
         """Encode structures into a batch of float32 tensors (see the module docstring for the layout).
 
+        Args:
+            structures: the crystals.
+            properties: property columns aligned with ``structures``; read only when the codec has a
+                ``condition``.
+
         Raises:
-            ValueError: naming the structure index when it has too many sites or an element outside the vocabulary.
+            ValueError: naming the structure index when it has too many sites or an element outside the
+                vocabulary.
+            bench.datasets.representation.ConditionError: a condition column is missing or has missing values.
         """
         import torch
 
@@ -172,12 +223,15 @@ class CrystalCodec:
         lattice = (lattice - self.lattice_mean) / self.lattice_std
         # np.mod can return exactly 1.0 for tiny negative inputs in float32; keep [0, 1).
         frac = np.where(frac >= 1.0, 0.0, frac)
-        return {
+        batch = {
             "atom_types": torch.from_numpy(types),
             "frac_coords": torch.from_numpy(frac.astype(np.float32)),
             "lattice": torch.from_numpy(lattice.astype(np.float32)),
             "mask": torch.from_numpy(mask),
         }
+        if self.condition:
+            batch["condition"] = torch.from_numpy(self.conditioner.transform(properties, n))
+        return batch
 
     # ------------------------------------------------------------------ decode
     def decode(self, batch: Mapping[str, Any]) -> list[Structure | DecodeFailure]:
@@ -220,7 +274,8 @@ class CrystalCodec:
         if volume < _MIN_CELL_SHAPE * float(np.prod(lengths)):
             # V / (abc) near 0: the three vectors are almost coplanar; no crystal, and pymatgen's distance
             # routines fail on the near-singular matrix.
-            return DecodeFailure(f"degenerate (nearly flat) cell: V/(abc) = {volume / np.prod(lengths):.2e}", b)
+            shape = volume / np.prod(lengths)
+            return DecodeFailure(f"degenerate (nearly flat) cell: V/(abc) = {shape:.2e}", b)
         species = [self.elements[c - 1] for c in cls[filled]]
         coords = np.mod(frac[filled], 1.0)
         try:

@@ -1,7 +1,7 @@
 """The contract every generative model honours: a LightningModule with ``loss(batch)`` and ``sample(n)``.
 
-A batch is the dict of tensors written by :class:`bench.datasets.codec.CrystalCodec` (``atom_types``,
-``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample``
+A batch is the dict of tensors written by the run's representation (``bench.datasets.representation``; for the
+crystal codec ``atom_types``, ``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample``
 returns a batch in the same layout, drawing every random number from the ``torch.Generator`` it is given, so a
 seed fixes the samples. Modules receive built objects (the backbone and optimiser as ``functools.partial``)
 and never instantiate configs themselves.
@@ -89,6 +89,9 @@ class GenerativeModule(pl.LightningModule):
 
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    #: Whether the model takes a condition (the representation's ``condition`` channel); the train stage refuses
+    #: a condition for a model that would ignore it.
+    conditional: ClassVar[bool] = False
 
     def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
         super().__init__()
@@ -205,13 +208,13 @@ class GenerativeModule(pl.LightningModule):
         """Compute :meth:`loss`, stop on a non-finite value, log ``train/<term>``."""
         terms = self.loss(batch)
         self.check_finite(terms["loss"])
-        self._log_terms("train", terms, batch["atom_types"].shape[0])
+        self._log_terms("train", terms, _batch_size(batch))
         return terms["loss"]
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         """Log ``val/<term>`` (``val/loss`` first of all)."""
         terms = self.loss(batch)
-        self._log_terms("val", terms, batch["atom_types"].shape[0])
+        self._log_terms("val", terms, _batch_size(batch))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Build the optimiser from the partial given at construction."""
@@ -229,6 +232,11 @@ class GenerativeModule(pl.LightningModule):
                 if key != "params" and isinstance(value, Sequence) and not isinstance(value, str | tuple):
                     group[key] = tuple(value)
         return optimizer
+
+
+def _batch_size(batch: Mapping[str, Tensor]) -> int:
+    """Number of items in a batch: the leading dimension of its first field."""
+    return int(next(iter(batch.values())).shape[0])
 
 
 def _draw(

@@ -22,7 +22,11 @@ __all__ = ["CrystalVAE"]
 
 
 class CrystalVAE(GenerativeModule):
-    """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder.
+    """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder: the VAE family's base.
+
+    Variants change the regulariser (:meth:`regulariser`), the prior (:meth:`sample_prior`) or the posterior
+    draw (:meth:`reparameterise`), by config or a small subclass; the networks and the reconstruction terms are
+    shared.
 
     The loss is ``CE(types) + MSE_periodic(frac | filled slots) + MSE(lattice) + beta * KL``: reconstruction
     terms are means per element (as in CDVAE, Xie et al. 2022), so ``beta`` is relative to that scale, not the
@@ -94,26 +98,48 @@ class CrystalVAE(GenerativeModule):
             return self.beta
         return self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps)
 
-    def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Reconstruction terms, KL and the weighted total ``loss``."""
-        mu, logvar = self.encode(batch)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = self.decode(z)
+    # ------------------------------------------------------------------ hooks of the family
+    def reparameterise(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """A posterior draw ``z = mu + sigma eps`` (Kingma & Welling 2014, section 2.4)."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def reconstruction_terms(self, recon: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Per-field reconstruction terms: type cross-entropy, periodic coordinate MSE (filled slots), lattice MSE."""
         target_types = batch["atom_types"].argmax(dim=-1)
         type_ce = F.cross_entropy(recon["atom_types"].flatten(0, 1), target_types.flatten())
         filled = 1.0 - batch["atom_types"][..., 0]
         frac_err = periodic_difference(recon["frac_coords"], batch["frac_coords"]).pow(2).sum(-1)
         frac_mse = (frac_err * filled).sum() / (3.0 * filled.sum()).clamp_min(1.0)
         lattice_mse = F.mse_loss(recon["lattice"], batch["lattice"])
+        return {"type_ce": type_ce, "frac_mse": frac_mse, "lattice_mse": lattice_mse}
+
+    def regulariser(self, mu: Tensor, logvar: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The latent regulariser added to the reconstruction loss, and its terms for logging.
+
+        Default: ``beta`` (after warm-up) times the analytic ``KL(q(z|x) || N(0, I))``. Variants that regularise
+        otherwise (a total-correlation penalty, a discriminator on permuted latents, a discrete code) override it.
+        """
         kl = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
+        return self.current_beta() * kl, {"kl": kl}
+
+    def sample_prior(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` latents from the prior (default ``N(0, I)``); variants with a learned prior override it."""
+        return self._randn((n, self.latent_dim), generator)
+
+    # ------------------------------------------------------------------ the contract
+    def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Reconstruction terms, the regulariser's terms and the weighted total ``loss``."""
+        mu, logvar = self.encode(batch)
+        z = self.reparameterise(mu, logvar)
+        recon = self.reconstruction_terms(self.decode(z), batch)
+        penalty, reg_terms = self.regulariser(mu, logvar, z)
         total = (
-            self.type_weight * type_ce
-            + self.frac_weight * frac_mse
-            + self.lattice_weight * lattice_mse
-            + self.current_beta() * kl
+            self.type_weight * recon["type_ce"]
+            + self.frac_weight * recon["frac_mse"]
+            + self.lattice_weight * recon["lattice_mse"]
+            + penalty
         )
-        return {"loss": total, "type_ce": type_ce, "frac_mse": frac_mse, "lattice_mse": lattice_mse, "kl": kl}
+        return {"loss": total, **recon, **reg_terms}
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
-        z = self._randn((n, self.latent_dim), generator)
-        return self.decode(z)
+        return self.decode(self.sample_prior(n, generator))
