@@ -47,7 +47,7 @@ class DictDataset:
 def build_module(model_cfg: DictConfig, sizes: Mapping[str, int]) -> Any:
     """Instantiate ``model.module`` with the data-dependent sizes of the fitted representation (its
     ``sizes()``: ``num_types`` and ``max_atoms`` for the crystal codec, and ``condition_dim`` with a
-    condition).
+    condition), and hand it the learning-rate schedule of ``model.scheduler`` (``conf/scheduler/``) if any.
 
     Raises:
         ValueError: the representation has a condition and the model's class does not declare
@@ -64,7 +64,10 @@ def build_module(model_cfg: DictConfig, sizes: Mapping[str, int]) -> Any:
                 "it would ignore the condition of representation.condition: leave representation.condition "
                 "empty, or choose a model whose class sets conditional = True"
             )
-    return instantiate(model_cfg.module, **sizes)
+    module = instantiate(model_cfg.module, **sizes)
+    if model_cfg.get("scheduler") is not None:
+        module.set_scheduler(instantiate(model_cfg.scheduler))
+    return module
 
 
 def _encode_split(representation: Any, split: Any, fit: bool = False) -> dict[str, Any]:

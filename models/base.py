@@ -22,6 +22,7 @@ __all__ = [
     "GenerativeModule",
     "NonFiniteLossError",
     "OptimizerFactory",
+    "SchedulerFactory",
     "finalize_batch",
     "periodic_difference",
 ]
@@ -29,6 +30,7 @@ __all__ = [
 FIELDS = ("atom_types", "frac_coords", "lattice")
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -102,6 +104,7 @@ class GenerativeModule(pl.LightningModule):
         if max_atoms < 1:
             raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
         self.optimizer_factory = optimizer
+        self.scheduler_factory: SchedulerFactory | None = None
         self.num_types = int(num_types)
         self.max_atoms = int(max_atoms)
 
@@ -216,9 +219,26 @@ class GenerativeModule(pl.LightningModule):
         terms = self.loss(batch)
         self._log_terms("val", terms, _batch_size(batch))
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Build the optimiser from the partial given at construction."""
-        return self.build_optimizer(self.parameters())
+    def set_scheduler(self, factory: SchedulerFactory) -> None:
+        """Use a learning-rate schedule (a partial taking the optimiser), stepped after every optimiser step.
+
+        Raises:
+            ValueError: the model optimises manually (GANs), where a schedule would never be stepped.
+        """
+        if not self.automatic_optimization:
+            raise ValueError(
+                f"{type(self).__name__} optimises manually (several optimisers); model.scheduler is not "
+                "supported for it: leave model.scheduler unset"
+            )
+        self.scheduler_factory = factory
+
+    def configure_optimizers(self) -> Any:
+        """Build the optimiser from the partial given at construction, and the schedule if one was set."""
+        optimizer = self.build_optimizer(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def build_optimizer(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         """Call the optimiser partial on ``params``.

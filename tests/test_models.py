@@ -20,10 +20,11 @@ from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
 from bench.models.diffusion.samplers import AncestralSampler, DDIMSampler, respaced_timesteps
 from bench.models.diffusion.schedule import cosine_alpha_bars
-from bench.train import model_callbacks
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from pymatgen.core import Structure
+
+from bench.train import model_callbacks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -311,3 +312,22 @@ def test_sampler_is_swappable_by_config(codec: CrystalCodec) -> None:
     assert isinstance(model.sampler, DDIMSampler) and model.sampler.steps == 5
     out = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert_batch_format(out, 3, codec)
+
+
+def test_learning_rate_schedule_from_config_is_stepped(codec: CrystalCodec, batch: dict[str, torch.Tensor]) -> None:
+    """``scheduler@model.scheduler=cosine`` reaches the optimiser: after S of T steps the learning rate is
+    ``lr (1 + cos(pi S / T)) / 2``; a manually optimised GAN refuses a schedule."""
+    from bench.train import build_module
+
+    steps, total = 10, 20
+    cfg = tiny_config("flowmm", ["scheduler@model.scheduler=cosine", f"trainer.max_steps={total}"])
+    model = build_module(cfg, {"num_types": codec.num_types, "max_atoms": codec.max_atoms})
+    model.fit_data(batch)
+    trainer = make_trainer(steps)
+    trainer.fit(model, fixed_batches(batch, steps))
+    lr0 = float(cfg.module.optimizer.lr)
+    expected = lr0 * (1 + math.cos(math.pi * steps / total)) / 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="optimises manually"):
+        build_module(tiny_config("wgan_gp", ["scheduler@model.scheduler=cosine"]),
+                     {"num_types": codec.num_types, "max_atoms": codec.max_atoms})
