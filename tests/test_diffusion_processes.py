@@ -7,7 +7,12 @@ import math
 import pytest
 import torch
 from bench.models.diffusion.diffcsp import PredictorCorrectorSampler
-from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE, wrapped_normal_score, wrapped_score_norm
+from bench.models.diffusion.processes import (
+    VPGaussian,
+    WrappedNormalVE,
+    wrapped_normal_score,
+    wrapped_score_norm,
+)
 from bench.models.flow_matching.paths import wrap
 
 
@@ -31,7 +36,8 @@ def test_wrapped_normal_score_is_the_derivative_of_its_log_density(sigma: float)
 def test_score_norm_matches_the_gaussian_limit_and_monte_carlo() -> None:
     # A narrow wrapped normal is a normal: E[score^2] = 1 / sigma^2 (the Fisher information).
     torch.testing.assert_close(wrapped_score_norm(torch.tensor([0.005, 0.02])),
-                               torch.tensor([1 / 0.005**2, 1 / 0.02**2], dtype=torch.float64), rtol=1e-6, atol=0)
+                               torch.tensor([1 / 0.005**2, 1 / 0.02**2], dtype=torch.float64),
+                               rtol=1e-6, atol=0)
     # A wide one: Monte Carlo over samples of the wrapped normal itself.
     sigma = 0.4
     g = torch.Generator().manual_seed(0)
@@ -76,7 +82,9 @@ def _exact_predictor(processes: dict, target: dict[str, torch.Tensor]):  # noqa:
 def test_predictor_corrector_lands_on_a_point_mass(sampler: PredictorCorrectorSampler) -> None:
     T = 100
     processes = {"frac_coords": WrappedNormalVE(timesteps=T), "lattice": VPGaussian(timesteps=T)}
-    target = {"frac_coords": torch.tensor([[[0.02, 0.97, 0.5]]]).expand(4, 2, 3), "lattice": torch.full((4, 6), 1.3)}
+    target = {
+        "frac_coords": torch.tensor([[[0.02, 0.97, 0.5]]]).expand(4, 2, 3), "lattice": torch.full((4, 6), 1.3)
+    }
     g = torch.Generator().manual_seed(0)
     x = {"frac_coords": processes["frac_coords"].prior((4, 2, 3), g, torch.device("cpu")),
          "lattice": processes["lattice"].prior((4, 6), g, torch.device("cpu"))}
@@ -104,3 +112,34 @@ def test_vp_gaussian_marginal_variance_is_preserved() -> None:
     x_t = process.q_sample(x0, torch.full((50000,), 600), noise)
     assert float(x_t.var()) == pytest.approx(1.0, abs=0.03)
     assert math.isclose(float(process.alpha_bars[-1]), 0.0, abs_tol=1e-4)
+
+
+def test_ddpm_ancestral_sampler_is_the_pc_sampler_on_vp_processes_without_corrector() -> None:
+    """The seed DDPM's ancestral sampler (posterior variance, x0 clipping, respaced steps) is a configuration of the
+    per-field machinery: DiffCSP's predictor-corrector sampler with ``step_lr = 0`` on ``VPGaussian`` processes
+    gives the same samples from the same generator (the network sees 0-based steps there, 1-based here)."""
+    from bench.models.diffusion.samplers import AncestralSampler
+    from bench.models.diffusion.schedule import cosine_alpha_bars
+
+    T, steps = 200, 25
+    shapes = {"atom_types": (6, 4, 3), "lattice": (6, 6)}
+    weights = {k: torch.randn(s[1:], generator=torch.Generator().manual_seed(9)) for k, s in shapes.items()}
+
+    def eps_model(x: dict[str, torch.Tensor], t0: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An arbitrary smooth 'network' of the noisy fields and the (0-based) step."""
+        scale = (t0.float() / T).view(-1, *([1] * (next(iter(x.values())).dim() - 1)))
+        return {k: torch.tanh(v * weights[k] + scale[..., : 1] if v.dim() == 2 else v * weights[k] + scale)
+                for k, v in x.items()}
+
+    clip = {"atom_types": 1.0, "lattice": 5.0}
+    old = AncestralSampler(steps=steps)(eps_model, cosine_alpha_bars(T).float(), shapes,
+                                        torch.Generator().manual_seed(4), torch.device("cpu"), clip=clip)
+    processes = {k: VPGaussian(timesteps=T, clip=clip[k]) for k in shapes}
+    g = torch.Generator().manual_seed(4)
+    x = {k: processes[k].prior(shapes[k], g, torch.device("cpu")) for k in sorted(shapes)}
+    new = PredictorCorrectorSampler(steps=steps, step_lr=0.0)(
+        lambda x_t, t: eps_model(x_t, t - 1), processes, x, T,
+        lambda: {k: torch.randn(shapes[k], generator=g) for k in sorted(shapes)},
+    )
+    for key in shapes:
+        torch.testing.assert_close(new[key], old[key], atol=1e-5, rtol=1e-5)
