@@ -28,7 +28,7 @@ _HASH_EXCLUDE = ("paths", "logger", "threads", "record", "hydra", "force")
 # metrics.parallel (workers, chunk size, start method, fingerprint code) changes how fast results come, never
 # the results, so a sweep re-run with more workers still finds its finished cells
 _HASH_EXCLUDE_NESTED: tuple[tuple[str, ...], ...] = (
-    ("train", "ckpt_path"), ("train", "ckpt_every_n_steps"), ("metrics", "parallel"),
+    ("train", "ckpt_path"), ("train", "ckpt_every_n_steps"), ("train", "reuse"), ("metrics", "parallel"),
     # a model config's own tiny settings for the contract test: never part of a real run
     ("model", "test_overrides"),
 )
@@ -119,7 +119,7 @@ def _hash(data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[s
 def _hashed_part(
     data: dict[str, Any], exclude: Sequence[str], nested: Sequence[tuple[str, ...]]
 ) -> dict[str, Any]:
-    if "representation" in data and data["representation"] == _default_representation(data):
+    if "representation" in data and _is_default_representation(data):
         exclude = (*exclude, "representation")
     data = copy.deepcopy({k: v for k, v in data.items() if k not in exclude})
     for *parents, key in nested:
@@ -129,6 +129,15 @@ def _hashed_part(
         if isinstance(node, dict):
             node.pop(key, None)
     return data
+
+
+def _is_default_representation(data: Mapping[str, Any]) -> bool:
+    """Whether ``data``'s representation node is the default preset. Keys the preset gained later (the decode
+    thresholds) count as their default where a saved node lacks them, so configs saved before keep their
+    hashes."""
+    default = _default_representation(data)
+    node = data["representation"]
+    return default is not None and isinstance(node, Mapping) and {**default, **node} == default
 
 
 def _digest(data: dict[str, Any]) -> str:

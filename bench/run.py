@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> tuple[ResultRecord | None, Path | None]:
 
     stage = "train"
     try:
-        summary = train(cfg)
+        summary = _reusable_training(cfg) or train(cfg)
         if not summary.get("global_zero", True):
             return None, None
         stage = "sample"
@@ -77,6 +77,21 @@ def run(cfg: DictConfig) -> tuple[ResultRecord | None, Path | None]:
     if _is_wandb(cfg):
         _log_to_wandb(cfg, record, path)
     return record, path
+
+
+def _reusable_training(cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of a finished training of this very config in its run directory, when ``train.reuse``
+    (default true) allows using it instead of training again: runs that differ only in how they sample or
+    score (``model.module.sampler.steps=10,50,100``) train once and never overwrite each other's training."""
+    from bench.rundirs import bind_run_dir, finished_training
+
+    if not OmegaConf.select(cfg, "train.reuse", default=True):
+        return None
+    bind_run_dir(cfg)
+    summary = finished_training(cfg)
+    if summary is not None:
+        log.info("reusing the finished training in %s (train.reuse=false trains again)", cfg.paths.run_dir)
+    return summary
 
 
 def _is_wandb(cfg: DictConfig) -> bool:

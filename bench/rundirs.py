@@ -37,6 +37,7 @@ __all__ = [
     "check_samples",
     "default_run_dir",
     "find_trained_run",
+    "finished_training",
     "is_trained",
     "run_dir",
     "sampler_override",
@@ -93,6 +94,29 @@ def bind_run_dir(cfg: DictConfig) -> Path:
     folder = run_dir(cfg)
     cfg.paths.run_dir = str(folder)
     return folder
+
+
+def finished_training(cfg: DictConfig) -> dict[str, Any] | None:
+    """The training summary of ``cfg``'s run directory when it holds a finished training of this very config
+    (same training hash, checkpoint present, ``train_summary.json`` written after the config), else None.
+
+    A killed training has no summary (it is written last) and is not finished; resume it with
+    ``train.ckpt_path=last``.
+    """
+    folder = run_dir(cfg)
+    if not is_trained(folder):
+        return None
+    same, _ = _training_matches(folder, training_hash(cfg))
+    summary_file = folder / "train_summary.json"
+    if not same or not summary_file.is_file():
+        return None
+    if summary_file.stat().st_mtime < trained_run_files(folder)[0].stat().st_mtime:
+        return None
+    try:
+        summary = json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("training_hash") == training_hash(cfg) else None
 
 
 # --- which trained run a config names -----------------------------------------------------------------------

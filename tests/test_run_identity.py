@@ -208,3 +208,33 @@ def test_the_published_sweeps_find_their_committed_records() -> None:
     missing = [cell for cell in cells
                if find_record(compose([*cell, f"paths.results_dir={results}"])) is None]
     assert not missing, f"re-running the README's sweeps would redo these cells: {missing}"
+
+
+def test_runs_that_differ_only_in_sampling_train_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A finished training of the same config is reused (train.reuse, default true): two runs that sample
+    differently share one training and keep both samples files; train.reuse=false trains again."""
+    import logging
+
+    from bench.run import run
+
+    first = _cfg(tmp_path, "model=ddpm", "trainer.max_steps=3", "model.module.timesteps=20",
+                 "model.module.sampler.steps=4")
+    run(first)
+    folder = Path(first.paths.run_dir)
+    summary = folder / "train_summary.json"
+    stamp, checkpoint = summary.stat().st_mtime_ns, (folder / "checkpoints" / "last.ckpt").read_bytes()
+    other = _cfg(tmp_path, "model=ddpm", "trainer.max_steps=3", "model.module.timesteps=20",
+                 "model.module.sampler.steps=2")
+    with caplog.at_level(logging.INFO, logger="bench.run"):
+        run(other)
+    assert Path(other.paths.run_dir) == folder
+    assert "reusing the finished training" in caplog.text
+    assert summary.stat().st_mtime_ns == stamp
+    assert (folder / "checkpoints" / "last.ckpt").read_bytes() == checkpoint
+    assert len(list(folder.glob("samples*.csv"))) == 2
+    again = _cfg(tmp_path, "model=ddpm", "trainer.max_steps=3", "model.module.timesteps=20",
+                 "model.module.sampler.steps=2", "train.reuse=false")
+    run(again)
+    assert summary.stat().st_mtime_ns != stamp
