@@ -2,16 +2,16 @@
 
 Two explicit registries, both lazy (``import bench.models`` imports no torch):
 
-- :data:`MODEL_CLASSES`: every model class, by name, as ``"module:Class"`` import paths. A class is imported only
-  when a variant that uses it is looked up, so an optional dependency of one class never becomes a dependency of
-  all.
-- The variants are the model configs, ``conf/model/<name>.yaml`` (the options of Hydra's ``model`` group); each
-  names its class by ``module._target_``, which must be a registered class. A variant that only changes
+- :data:`MODEL_CLASSES`: every model class, by name, as ``"module:Class"`` import paths. A class is imported
+  only when a variant that uses it is looked up, so an optional dependency of one class never becomes a
+  dependency of all.
+- The variants are the model configs, ``conf/model/<name>.yaml`` (the options of Hydra's ``model`` group);
+  each names its class by ``module._target_``, which must be a registered class. A variant that only changes
   hyperparameters is therefore one YAML file (and its model card), nothing else.
 
-:func:`get_model_class` resolves a variant name to its class; :data:`MODELS` is the same as a read-only mapping of
-variant name -> class that imports on lookup. The classes below are exported lazily too (``from bench.models
-import CrystalVAE`` imports only the VAE).
+:func:`get_model_class` resolves a variant name to its class; :data:`MODELS` is the same as a read-only
+mapping of variant name -> class that imports on lookup. The classes below are exported lazily too
+(``from bench.models import CrystalVAE`` imports only the VAE).
 """
 
 from __future__ import annotations

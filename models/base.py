@@ -1,10 +1,10 @@
 """The contract every generative model honours: a LightningModule with ``loss(batch)`` and ``sample(n)``.
 
 A batch is the dict of tensors written by the run's representation (``bench.datasets.representation``; for the
-crystal codec ``atom_types``, ``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls :meth:`GenerativeModule.loss`; ``sample``
-returns a batch in the same layout, drawing every random number from the ``torch.Generator`` it is given, so a
-seed fixes the samples. Modules receive built objects (the backbone and optimiser as ``functools.partial``)
-and never instantiate configs themselves.
+crystal codec ``atom_types``, ``frac_coords``, ``lattice``, ``mask``). ``training_step`` calls
+:meth:`GenerativeModule.loss`; ``sample`` returns a batch in the same layout, drawing every random number from
+the ``torch.Generator`` it is given, so a seed fixes the samples. Modules receive built objects (the backbone
+and optimiser as ``functools.partial``) and never instantiate configs themselves.
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ class GenerativeModule(pl.LightningModule):
 
     family: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    #: Whether the model takes a condition (the representation's ``condition`` channel); the train stage refuses
-    #: a condition for a model that would ignore it.
+    #: Whether the model takes a condition (the representation's ``condition`` channel); the train stage
+    #: refuses a condition for a model that would ignore it.
     conditional: ClassVar[bool] = False
 
     def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
@@ -122,8 +122,8 @@ class GenerativeModule(pl.LightningModule):
     def fit_data(self, data: Mapping[str, Tensor]) -> None:
         """Take statistics of the whole encoded training set before training (default: none).
 
-        Called once by the train stage. A model that samples the number of atoms from the training distribution
-        keeps it in a buffer here, so it is saved in the checkpoint with the weights.
+        Called once by the train stage. A model that samples the number of atoms from the training
+        distribution keeps it in a buffer here, so it is saved in the checkpoint with the weights.
         """
 
     @property

@@ -1,11 +1,11 @@
 """Exponential moving average of the weights, as a Lightning callback chosen by config (``conf/callbacks/``).
 
-The average ``theta_ema <- d theta_ema + (1 - d) theta`` is updated after every optimiser step, with the warm-up
-``d_k = min(decay, (1 + k) / (10 + k))`` of TensorFlow's ``ExponentialMovingAverage`` (``num_updates``), so the
-first steps do not drag the average towards the random initialisation. When training ends, the averaged weights
-replace the trained ones: the final checkpoint, sampling and evaluation all use them (as in Ho et al. 2020,
-FlowMM and DiffCSP, which sample from EMA weights). The average is saved in the callback's state, so a resumed
-run continues it.
+The average ``theta_ema <- d theta_ema + (1 - d) theta`` is updated after every optimiser step, with the
+warm-up ``d_k = min(decay, (1 + k) / (10 + k))`` of TensorFlow's ``ExponentialMovingAverage``
+(``num_updates``), so the first steps do not drag the average towards the random initialisation. When training
+ends, the averaged weights replace the trained ones: the final checkpoint, sampling and evaluation all use
+them (as in Ho et al. 2020, FlowMM and DiffCSP, which sample from EMA weights). The average is saved in the
+callback's state, so a resumed run continues it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ __all__ = ["timestep_embedding"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding ``[B, dim]`` of (step or scaled time) values ``t`` ``[B]`` (Vaswani et al. 2017)."""
+    """Sinusoidal embedding ``[B, dim]`` of (step or scaled time) values ``t`` ``[B]`` (Vaswani et al.
+    2017)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.to(torch.float32).unsqueeze(-1) * freqs

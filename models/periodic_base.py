@@ -1,9 +1,9 @@
 """What the periodic models share: the number of atoms drawn from the training set, and their field layout.
 
-DiffCSP (Jiao et al. 2023) and FlowMM (Miller et al. 2024) generate a crystal in two parts: the number of atoms
-is drawn from the training set's distribution, then the network refines the types, coordinates and lattice of
-exactly that many atoms. This base holds the first part and the mapping between the codec's batch (``K + 1``
-classes, class 0 the empty slot) and the fields these models work on:
+DiffCSP (Jiao et al. 2023) and FlowMM (Miller et al. 2024) generate a crystal in two parts: the number of
+atoms is drawn from the training set's distribution, then the network refines the types, coordinates and
+lattice of exactly that many atoms. This base holds the first part and the mapping between the codec's batch
+(``K + 1`` classes, class 0 the empty slot) and the fields these models work on:
 
 - ``atom_types``: ``2 onehot - 1`` over the K elements (a continuous one-hot; empty slots zero);
 - ``frac_coords``: the atoms' fractional coordinates (empty slots zero);
@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import Tensor
-
 from bench.models.base import GenerativeModule, OptimizerFactory
+from torch import Tensor
 
 __all__ = ["ATOM_FIELDS", "PeriodicCrystalModule"]
 
@@ -47,7 +46,8 @@ class PeriodicCrystalModule(GenerativeModule):
         self.atom_counts.copy_(counts[: self.max_atoms + 1])
 
     def draw_mask(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``[n, N]`` float mask of ``n`` crystals whose atom counts are drawn from the training distribution."""
+        """``[n, N]`` float mask of ``n`` crystals whose atom counts are drawn from the training
+        distribution."""
         if float(self.atom_counts.sum()) <= 0:
             raise RuntimeError(
                 "the atom-count distribution is empty: call fit_data(training batch) before training "

@@ -1,4 +1,5 @@
-"""Invariances of the periodic message-passing backbone, on random crystals where the answer is known exactly."""
+"""Invariances of the periodic message-passing backbone, on random crystals where the answer is known
+exactly."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import torch
 from bench.models.backbones import PeriodicMPNN, fourier_features
 
 
-def _crystals(size: int = 3, n: int = 6, types: int = 4, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _crystals(
+    size: int = 3, n: int = 6, types: int = 4, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     batch = {
         "atom_types": torch.randn(size, n, types, generator=g),
@@ -32,13 +35,16 @@ def _run(net: PeriodicMPNN, batch: dict[str, torch.Tensor], mask: torch.Tensor) 
 
 def test_fourier_features_are_periodic() -> None:
     delta = torch.rand(10, 3)
-    torch.testing.assert_close(fourier_features(delta + 3.0, 4), fourier_features(delta, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(fourier_features(delta + 3.0, 4), fourier_features(delta, 4),
+                               atol=1e-5, rtol=0)
     assert fourier_features(delta, 4).shape == (10, 24)
 
 
 def test_global_translation_changes_nothing(net: PeriodicMPNN) -> None:
     batch, mask = _crystals()
-    shifted = {**batch, "frac_coords": torch.remainder(batch["frac_coords"] + torch.tensor([0.31, -0.7, 0.05]), 1.0)}
+    shifted = {
+        **batch, "frac_coords": torch.remainder(batch["frac_coords"] + torch.tensor([0.31, -0.7, 0.05]), 1.0)
+    }
     out, out_s = _run(net, batch, mask), _run(net, shifted, mask)
     for key in out:
         torch.testing.assert_close(out_s[key], out[key], atol=1e-5, rtol=1e-4)

@@ -115,9 +115,10 @@ def test_vp_gaussian_marginal_variance_is_preserved() -> None:
 
 
 def test_ddpm_ancestral_sampler_is_the_pc_sampler_on_vp_processes_without_corrector() -> None:
-    """The seed DDPM's ancestral sampler (posterior variance, x0 clipping, respaced steps) is a configuration of the
-    per-field machinery: DiffCSP's predictor-corrector sampler with ``step_lr = 0`` on ``VPGaussian`` processes
-    gives the same samples from the same generator (the network sees 0-based steps there, 1-based here)."""
+    """The seed DDPM's ancestral sampler (posterior variance, x0 clipping, respaced steps) is a configuration
+    of the per-field machinery: DiffCSP's predictor-corrector sampler with ``step_lr = 0`` on ``VPGaussian``
+    processes gives the same samples from the same generator (the network sees 0-based steps there, 1-based
+    here)."""
     from bench.models.diffusion.samplers import AncestralSampler
     from bench.models.diffusion.schedule import cosine_alpha_bars
 

@@ -1,4 +1,5 @@
-"""Every pinned experiment config composes; the offline ones smoke-run end to end on a few rows of real data."""
+"""Every pinned experiment config composes; the offline ones smoke-run end to end on a few rows of real
+data."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def test_experiment_composes(name: str) -> None:
 
 
 def test_longer_budget_protocols_differ_from_their_base_only_in_budget() -> None:
-    """``*_offline_12k`` is ``*_offline`` with 12,000 steps: another protocol id, never pooled with the 2,000-step
-    rows, everything else equal."""
+    """``*_offline_12k`` is ``*_offline`` with 12,000 steps: another protocol id, never pooled with the
+    2,000-step rows, everything else equal."""
     for ds in ("perov_5", "carbon_24"):
         base = compose([f"experiment={ds}_offline", "model=vae"])
         longer = compose([f"experiment={ds}_offline_12k", "model=vae"])
@@ -48,8 +49,9 @@ def test_offline_experiment_smoke_runs(name: str, data_dir: Path, tmp_path: Path
     cfg = compose([
         f"experiment={name}", "model=ddpm", f"paths.data_dir={data_dir}", "logger=none",
         "dataset.limit_train=24", "dataset.limit_eval=12", "trainer.max_steps=2", "sample.num_samples=6",
-        "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.sampler.steps=3",
-        "trainer.enable_progress_bar=false", f"paths.output_dir={tmp_path}", f"paths.results_dir={tmp_path / 'r'}",
+        "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1",
+        "model.module.sampler.steps=3", "trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path}", f"paths.results_dir={tmp_path / 'r'}",
     ])
     record, path = run(cfg)
     assert record.status == "complete" and path.exists()

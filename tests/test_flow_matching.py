@@ -12,7 +12,8 @@ from bench.models.flow_matching.samplers import EulerSampler, HeunSampler
 
 def test_wrap_gives_the_shortest_difference() -> None:
     delta = torch.tensor([0.9, -0.9, 0.4, -0.4, 0.5, 2.25])
-    torch.testing.assert_close(wrap(delta), torch.tensor([-0.1, 0.1, 0.4, -0.4, -0.5, 0.25]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(wrap(delta), torch.tensor([-0.1, 0.1, 0.4, -0.4, -0.5, 0.25]),
+                               atol=1e-6, rtol=0)
 
 
 def test_torus_path_takes_the_short_way_round() -> None:
@@ -20,7 +21,8 @@ def test_torus_path_takes_the_short_way_round() -> None:
     x0, x1 = torch.tensor([[0.95, 0.1, 0.5]]), torch.tensor([[0.05, 0.9, 0.5]])
     x_half, u = path.interpolate(x0, x1, torch.tensor([0.5]))
     torch.testing.assert_close(u, torch.tensor([[0.1, -0.2, 0.0]]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(wrap(x_half - torch.tensor([[0.0, 0.0, 0.5]])), torch.zeros(1, 3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(wrap(x_half - torch.tensor([[0.0, 0.0, 0.5]])), torch.zeros(1, 3),
+                               atol=1e-6, rtol=0)
     end, _ = path.interpolate(x0, x1, torch.tensor([1.0]))
     torch.testing.assert_close(wrap(end - x1), torch.zeros(1, 3), atol=1e-6, rtol=0)
     assert torch.all((path.step(x0, u, 1.0) >= 0) & (path.step(x0, u, 1.0) < 1))
@@ -37,7 +39,8 @@ def test_euclidean_path_endpoints_and_velocity() -> None:
 
 
 def _point_mass_field(targets: dict[str, torch.Tensor], calls: list[int]):  # noqa: ANN202
-    """The exact marginal velocity of a point mass at ``targets``: ``(x1 - x) / (1 - t)`` (wrapped on the torus)."""
+    """The exact marginal velocity of a point mass at ``targets``: ``(x1 - x) / (1 - t)`` (wrapped on the
+    torus)."""
 
     def field(x: dict[str, torch.Tensor], t: torch.Tensor) -> dict[str, torch.Tensor]:
         calls.append(1)
@@ -56,20 +59,23 @@ def _point_mass_field(targets: dict[str, torch.Tensor], calls: list[int]):  # no
 @pytest.mark.parametrize("sampler", [EulerSampler(steps=7), HeunSampler(steps=5)])
 def test_ode_samplers_land_on_a_point_mass_and_count_evaluations(sampler: EulerSampler) -> None:
     paths = {"frac_coords": TorusPath(), "lattice": EuclideanPath()}
-    targets = {"frac_coords": torch.tensor([[[0.02, 0.98, 0.5]]]).expand(3, 2, 3), "lattice": torch.full((3, 6), -1.5)}
+    targets = {"frac_coords": torch.tensor([[[0.02, 0.98, 0.5]]]).expand(3, 2, 3),
+               "lattice": torch.full((3, 6), -1.5)}
     g = torch.Generator().manual_seed(0)
     x0 = {"frac_coords": paths["frac_coords"].prior((3, 2, 3), g, torch.device("cpu")),
           "lattice": paths["lattice"].prior((3, 6), g, torch.device("cpu"))}
     calls: list[int] = []
     out = sampler(_point_mass_field(targets, calls), paths, x0)
     assert len(calls) == sampler.nfe
-    torch.testing.assert_close(wrap(out["frac_coords"] - targets["frac_coords"]), torch.zeros(3, 2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(wrap(out["frac_coords"] - targets["frac_coords"]), torch.zeros(3, 2, 3),
+                               atol=1e-5, rtol=0)
     torch.testing.assert_close(out["lattice"], targets["lattice"], atol=1e-5, rtol=0)
     assert torch.all((out["frac_coords"] >= 0) & (out["frac_coords"] < 1))
 
 
 def test_anti_annealing_scales_the_velocity() -> None:
-    """A constant field ``v = 1`` integrated with ``1 + s t`` gives ``x1 = x0 + 1 + s/2`` (Euler: ``s (1 - dt)/2``)."""
+    """A constant field ``v = 1`` integrated with ``1 + s t`` gives ``x1 = x0 + 1 + s/2``
+    (Euler: ``s (1 - dt)/2``)."""
     steps, s = 10, 4.0
     sampler = EulerSampler(steps=steps, anti_annealing={"lattice": s})
     out = sampler(lambda x, t: {"lattice": torch.ones_like(x["lattice"])}, {"lattice": EuclideanPath()},

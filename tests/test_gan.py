@@ -1,14 +1,21 @@
-"""The GAN family base on inputs with known answers: adversarial losses, the gradient penalty, weight clipping."""
+"""The GAN family base on inputs with known answers: adversarial losses, the gradient penalty, weight
+clipping."""
 
 from __future__ import annotations
 
 import math
 
-import pytorch_lightning as pl
 import pytest
+import pytorch_lightning as pl
 import torch
 from bench.models.gan.base import ADVERSARIAL_LOSSES, CrystalGAN, critic_gradient_penalty
-from tests.test_models import batch, build, codec, fixed_batches, make_trainer, tiny_config  # noqa: F401 (fixtures)
+
+from tests import test_models
+from tests.test_models import build, fixed_batches, make_trainer, tiny_config
+
+# The model tests' module-scoped fixtures, shared by name (a test's parameter of the same name receives them).
+codec = test_models.codec
+batch = test_models.batch
 
 
 def test_adversarial_losses_on_known_scores() -> None:

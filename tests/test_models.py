@@ -50,8 +50,8 @@ def compose_model(name: str, overrides: list[str] | None = None) -> DictConfig:
 
 
 def tiny_config(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """The model's config shrunk by its own ``test_overrides`` (tiny widths, a learning rate that shows progress
-    within a few dozen steps), so a new variant needs no entry in this file."""
+    """The model's config shrunk by its own ``test_overrides`` (tiny widths, a learning rate that shows
+    progress within a few dozen steps), so a new variant needs no entry in this file."""
     own = list(compose_model(name).get("test_overrides") or [])
     return compose_model(name, [*own, *(overrides or [])])
 
@@ -314,7 +314,9 @@ def test_sampler_is_swappable_by_config(codec: CrystalCodec) -> None:
     assert_batch_format(out, 3, codec)
 
 
-def test_learning_rate_schedule_from_config_is_stepped(codec: CrystalCodec, batch: dict[str, torch.Tensor]) -> None:
+def test_learning_rate_schedule_from_config_is_stepped(
+    codec: CrystalCodec, batch: dict[str, torch.Tensor]
+) -> None:
     """``scheduler@model.scheduler=cosine`` reaches the optimiser: after S of T steps the learning rate is
     ``lr (1 + cos(pi S / T)) / 2``; a manually optimised GAN refuses a schedule."""
     from bench.train import build_module

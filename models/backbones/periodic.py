@@ -2,18 +2,18 @@
 
 Jiao et al. (2023), "Crystal Structure Prediction by Joint Equivariant Diffusion", NeurIPS, arXiv:2309.04475,
 section 4.2: every pair of atoms of a crystal exchanges a message built from both atoms' features, the lattice
-and Fourier features of their *wrapped* fractional difference. Because the network only ever sees differences of
-fractional coordinates, and only through ``sin``/``cos`` of ``2 pi k`` times them, it is
+and Fourier features of their *wrapped* fractional difference. Because the network only ever sees differences
+of fractional coordinates, and only through ``sin``/``cos`` of ``2 pi k`` times them, it is
 
 - invariant to a global translation of every fractional coordinate by the same vector;
 - invariant to moving one atom by a lattice vector (adding an integer to its fractional coordinates);
 - permutation-equivariant over atoms (no slot embeddings; sums over neighbours);
-- invariant to rotations of the crystal, since the lattice enters as its six parameters (lengths and angles, here
-  the codec's standardised ``log a, log b, log c, alpha, beta, gamma``), where DiffCSP uses the Gram matrix
-  ``L L^T``; both are O(3) invariants of the cell.
+- invariant to rotations of the crystal, since the lattice enters as its six parameters (lengths and angles,
+  here the codec's standardised ``log a, log b, log c, alpha, beta, gamma``), where DiffCSP uses the Gram
+  matrix ``L L^T``; both are O(3) invariants of the cell.
 
-Written for this project; the graph is dense within a crystal (``B x N x N`` pairs, masked), which is what small
-cells (Perov-5: 5 atoms, Carbon-24: up to 24) want on a CPU.
+Written for this project; the graph is dense within a crystal (``B x N x N`` pairs, masked), which is what
+small cells (Perov-5: 5 atoms, Carbon-24: up to 24) want on a CPU.
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ def _mlp(width_in: int, width: int) -> nn.Sequential:
 class _Layer(nn.Module):
     """One round of messages: ``h_i += phi_h(h_i, W_m mean_j SiLU(A h_i + B h_j + C e_ij))``.
 
-    A two-layer message MLP ``W_m SiLU(W [h_i, h_j, e_ij])`` averaged over ``j`` (then a SiLU): because its second
-    layer is linear it is applied after the average, and the first layer is split into per-atom and per-pair parts,
-    so the work per pair of atoms (what dominates for 24-atom cells) is one ``edge_width x width`` product.
+    A two-layer message MLP ``W_m SiLU(W [h_i, h_j, e_ij])`` averaged over ``j`` (then a SiLU): because its
+    second layer is linear it is applied after the average, and the first layer is split into per-atom and
+    per-pair parts, so the work per pair of atoms (what dominates for 24-atom cells) is one
+    ``edge_width x width`` product.
     """
 
     def __init__(self, width: int, edge_width: int) -> None:
@@ -68,7 +69,9 @@ class _Layer(nn.Module):
         hidden = torch.nn.functional.silu(
             self.source(x).unsqueeze(2) + self.target(x).unsqueeze(1) + self.edge(edge_feats)
         )
-        pooled = (hidden * pair_mask.unsqueeze(-1)).sum(dim=2) / pair_mask.sum(dim=2, keepdim=True).clamp_min(1.0)
+        pooled = (
+            (hidden * pair_mask.unsqueeze(-1)).sum(dim=2) / pair_mask.sum(dim=2, keepdim=True).clamp_min(1.0)
+        )
         has_neighbours = (pair_mask.sum(dim=2, keepdim=True) > 0).to(h.dtype)
         aggregated = self.message(pooled) * has_neighbours
         return h + self.node(torch.cat([x, aggregated], dim=-1))
@@ -79,7 +82,8 @@ class PeriodicMPNN(nn.Module):
 
     Args:
         type_dim: width of the per-atom type input and output (e.g. K element channels).
-        cond_dim: width of a conditioning vector (time embedding, latent, noise) added to every atom (0: none).
+        cond_dim: width of a conditioning vector (time embedding, latent, noise) added to every atom
+            (0: none).
         width: hidden width of atoms and messages.
         n_layers: rounds of message passing.
         num_frequencies: harmonics of the Fourier features of fractional differences.
@@ -115,7 +119,9 @@ class PeriodicMPNN(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.types_out = nn.Linear(width, self.type_dim * self.out_scale)
         self.frac_out = nn.Linear(width, 3 * self.out_scale)
-        self.lattice_out = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 6 * self.out_scale))
+        self.lattice_out = nn.Sequential(
+            nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 6 * self.out_scale)
+        )
         if zero_init:
             for head in (self.types_out, self.frac_out, self.lattice_out[-1]):
                 nn.init.zeros_(head.weight)
@@ -129,8 +135,8 @@ class PeriodicMPNN(nn.Module):
         Args:
             batch: ``atom_types`` ``[B, N, type_dim]``, ``frac_coords`` ``[B, N, 3]`` (any reals: read mod 1),
                 ``lattice`` ``[B, 6]``.
-            mask: ``[B, N]``, 1 for the atoms of the crystal and 0 for empty slots (ignored by every sum; their
-                outputs are zero).
+            mask: ``[B, N]``, 1 for the atoms of the crystal and 0 for empty slots (ignored by every sum;
+                their outputs are zero).
             cond: ``[B, cond_dim]`` when the network is conditioned.
 
         Returns:
@@ -147,7 +153,8 @@ class PeriodicMPNN(nn.Module):
         n = frac.shape[1]
         delta = frac.unsqueeze(1) - frac.unsqueeze(2)  # [B, i, j, 3]: f_j - f_i
         edge_feats = torch.cat(
-            [lattice[:, None, None, :].expand(-1, n, n, -1), fourier_features(delta, self.num_frequencies)], dim=-1
+            [lattice[:, None, None, :].expand(-1, n, n, -1), fourier_features(delta, self.num_frequencies)],
+            dim=-1,
         )
         not_self = 1.0 - torch.eye(n, device=frac.device, dtype=frac.dtype)
         pair_mask = mask.unsqueeze(2) * mask.unsqueeze(1) * not_self

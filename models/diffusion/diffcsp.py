@@ -1,10 +1,11 @@
 """DiffCSP for de novo generation: joint diffusion of lattice, wrapped fractional coordinates and atom types.
 
-Jiao, Huang, Lin, Han, Liu, Liu (2023), "Crystal Structure Prediction by Joint Equivariant Diffusion", NeurIPS,
-arXiv:2309.04475; sections 4.1 (lattice: variance-preserving DDPM), 4.2 (coordinates: score matching of the
-wrapped normal on the torus, variance-exploding), 4.3 (ab initio generation: atom types diffused as a continuous
-one-hot with a DDPM) and algorithm 2 (predictor-corrector sampling). The number of atoms is drawn from the training
-set, then one periodic message-passing network (after CSPNet) predicts every field's target at once.
+Jiao, Huang, Lin, Han, Liu, Liu (2023), "Crystal Structure Prediction by Joint Equivariant Diffusion",
+NeurIPS, arXiv:2309.04475; sections 4.1 (lattice: variance-preserving DDPM), 4.2 (coordinates: score matching
+of the wrapped normal on the torus, variance-exploding), 4.3 (ab initio generation: atom types diffused as a
+continuous one-hot with a DDPM) and algorithm 2 (predictor-corrector sampling). The number of atoms is drawn
+from the training set, then one periodic message-passing network (after CSPNet) predicts every field's target
+at once.
 
 Each field's forward process is an object from :mod:`bench.models.diffusion.processes` chosen by config
 (``model.module.processes``); the sampler is :class:`PredictorCorrectorSampler`.
@@ -16,14 +17,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
 from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory
 from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.diffusion.samplers import respaced_timesteps
 from bench.models.embeddings import timestep_embedding
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
+from torch import Tensor, nn
 
 __all__ = ["CrystalDiffCSP", "PredictorCorrectorSampler"]
 
@@ -31,8 +31,9 @@ Predictor = Callable[[Mapping[str, Tensor], Tensor], dict[str, Tensor]]
 
 
 class PredictorCorrectorSampler:
-    """DiffCSP's algorithm 2: per step, a Langevin corrector at ``t`` for fields that have one, then the reverse
-    (predictor) step ``t -> s`` of every field's process, each from a fresh network evaluation (NFE = 2 per step).
+    """DiffCSP's algorithm 2: per step, a Langevin corrector at ``t`` for fields that have one, then the
+    reverse (predictor) step ``t -> s`` of every field's process, each from a fresh network evaluation
+    (NFE = 2 per step).
 
     Args:
         steps: number of reverse steps, evenly spaced over ``1..T`` (``None``: every step, as the paper).
@@ -81,8 +82,9 @@ class PredictorCorrectorSampler:
 class CrystalDiffCSP(PeriodicCrystalModule):
     """DiffCSP's joint diffusion with one periodic network predicting every field's target.
 
-    The loss is ``sum_f w_f |pred_f - target_f|^2`` with each process's target (epsilon for the lattice and the
-    types, the normalised wrapped-normal score for coordinates), averaged over the crystal's atoms per field.
+    The loss is ``sum_f w_f |pred_f - target_f|^2`` with each process's target (epsilon for the lattice and
+    the types, the normalised wrapped-normal score for coordinates), averaged over the crystal's atoms per
+    field.
 
     Args:
         backbone: partial of :class:`~bench.models.backbones.periodic.PeriodicMPNN` (``type_dim = K``,
@@ -100,8 +102,8 @@ class CrystalDiffCSP(PeriodicCrystalModule):
 
     family = "diffusion"
     paper = (
-        "Jiao, Huang, Lin, Han, Liu, Liu (2023). Crystal Structure Prediction by Joint Equivariant Diffusion. "
-        "NeurIPS. arXiv:2309.04475"
+        "Jiao, Huang, Lin, Han, Liu, Liu (2023). "
+        "Crystal Structure Prediction by Joint Equivariant Diffusion. NeurIPS. arXiv:2309.04475"
     )
 
     def __init__(
@@ -169,6 +171,6 @@ class CrystalDiffCSP(PeriodicCrystalModule):
         def noise() -> dict[str, Tensor]:
             return {k: self._randn(shapes[k], generator) for k in sorted(shapes)}
 
-        out = self.sampler(lambda x_t, t: self.predict(x_t, t, mask), self.processes, self.mask_atoms(x, mask),
-                           self.timesteps, noise)
+        out = self.sampler(lambda x_t, t: self.predict(x_t, t, mask), self.processes,
+                           self.mask_atoms(x, mask), self.timesteps, noise)
         return self.to_batch(out, mask)

@@ -1,8 +1,8 @@
 """Per-field forward noise processes of diffusion models, chosen by config (``model.module.processes``).
 
 A diffusion model's corruption of a crystal is a dict keyed by field, each field with its own process (as
-MatterGen's corruption config does). Time is discrete, ``t = 1..T``, with ``t = 0`` the clean data. Each process
-provides what training and the samplers need:
+MatterGen's corruption config does). Time is discrete, ``t = 1..T``, with ``t = 0`` the clean data. Each
+process provides what training and the samplers need:
 
 - ``prior``: a draw of ``x_T``;
 - ``q_sample(x0, t, noise)``: ``x_t``;
@@ -14,11 +14,12 @@ Processes:
 
 - :class:`VPGaussian`: variance-preserving Gaussian (Ho et al. 2020, arXiv:2006.11239; cosine schedule of
   Nichol & Dhariwal 2021, arXiv:2102.09672), epsilon prediction, ancestral steps with the posterior variance.
-- :class:`WrappedNormalVE`: variance-exploding wrapped normal on the torus for fractional coordinates (Jiao et al.
-  2023, "Crystal Structure Prediction by Joint Equivariant Diffusion", NeurIPS, arXiv:2309.04475, section 4.1):
-  ``x_t = (x0 + sigma_t eps) mod 1`` with a geometric ``sigma_t``; the network regresses the score of the wrapped
-  normal, normalised by its root mean square; reverse steps follow the VE SDE (Song et al. 2021, "Score-Based
-  Generative Modeling through Stochastic Differential Equations", ICLR, arXiv:2011.13456) and wrap.
+- :class:`WrappedNormalVE`: variance-exploding wrapped normal on the torus for fractional coordinates (Jiao et
+  al. 2023, "Crystal Structure Prediction by Joint Equivariant Diffusion", NeurIPS, arXiv:2309.04475, section
+  4.1): ``x_t = (x0 + sigma_t eps) mod 1`` with a geometric ``sigma_t``; the network regresses the score of
+  the wrapped normal, normalised by its root mean square; reverse steps follow the VE SDE (Song et al. 2021,
+  "Score-Based Generative Modeling through Stochastic Differential Equations", ICLR, arXiv:2011.13456) and
+  wrap.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
-
 from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars
+from torch import Tensor
 
 __all__ = ["VPGaussian", "WrappedNormalVE", "wrapped_normal_score", "wrapped_score_norm"]
 
@@ -53,9 +53,9 @@ class VPGaussian:
         timesteps: T.
         schedule: ``"cosine"`` or ``"linear"``.
         clip: bound on ``|x0_hat|`` in reverse steps (``None``: none). Near ``t = T`` the cosine schedule's
-            ``alpha_bar`` is tiny and ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies the network's
-            errors; clipping to the data's range keeps them from surviving as absurd values (Ho et al. 2020 clip
-            images to ``[-1, 1]`` the same way).
+            ``alpha_bar`` is tiny and ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies the
+            network's errors; clipping to the data's range keeps them from surviving as absurd values (Ho et
+            al. 2020 clip images to ``[-1, 1]`` the same way).
     """
 
     prediction_type = "eps"
@@ -119,7 +119,8 @@ def wrapped_normal_score(x: Tensor, sigma: Tensor, images: int = 10) -> Tensor:
 
 
 def wrapped_score_norm(sigmas: Tensor, points: int = 2001, images: int = 5) -> Tensor:
-    """``E_x[score(x; sigma)^2]`` under the wrapped normal itself, for each ``sigma``, by quadrature (deterministic).
+    """``E_x[score(x; sigma)^2]`` under the wrapped normal itself, for each ``sigma``, by quadrature
+    (deterministic).
 
     The grid covers one period, or ``+-10 sigma`` when that is narrower (the rest of the mass is below 1e-22);
     ``images = 5`` is exact to float64 precision for ``sigma <= 1``.
@@ -149,11 +150,13 @@ def _score_norms(timesteps: int, sigma_min: float, sigma_max: float) -> Tensor:
 
 
 class WrappedNormalVE:
-    """Variance-exploding wrapped normal on the torus, with DiffCSP's normalised score as the regression target.
+    """Variance-exploding wrapped normal on the torus, with DiffCSP's normalised score as the regression
+    target.
 
-    ``sigma_t`` is geometric from ``sigma_min`` (``t = 1``) to ``sigma_max`` (``t = T``), ``sigma_0 = 0``. The network
-    predicts ``-score(x_t - x0; sigma_t) / sqrt(E[score^2])``, a unit-scale target at every ``t`` (the score of a
-    narrow wrapped normal is ``-(x_t - x0) / sigma^2``, so the target is ``eps`` when ``sigma`` is small).
+    ``sigma_t`` is geometric from ``sigma_min`` (``t = 1``) to ``sigma_max`` (``t = T``), ``sigma_0 = 0``. The
+    network predicts ``-score(x_t - x0; sigma_t) / sqrt(E[score^2])``, a unit-scale target at every ``t`` (the
+    score of a narrow wrapped normal is ``-(x_t - x0) / sigma^2``, so the target is ``eps`` when ``sigma`` is
+    small).
 
     Args:
         timesteps: T.
@@ -168,9 +171,9 @@ class WrappedNormalVE:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.timesteps = int(timesteps)
         #: ``sigma_t`` for ``t = 0..T`` (``sigma_0 = 0``).
-        self.sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), _sigmas(timesteps, sigma_min, sigma_max)]).to(
-            torch.float32
-        )
+        self.sigmas = torch.cat(
+            [torch.zeros(1, dtype=torch.float64), _sigmas(timesteps, sigma_min, sigma_max)]
+        ).to(torch.float32)
         #: ``E[score^2]`` at each ``t`` (1 at ``t = 0``, unused).
         self.score_norms = _score_norms(self.timesteps, float(sigma_min), float(sigma_max)).clone()
 
@@ -198,7 +201,8 @@ class WrappedNormalVE:
         return torch.remainder(x, 1.0)
 
     def corrector_step(self, x_t: Tensor, pred: Tensor, t: Tensor, noise: Tensor, step_lr: float) -> Tensor:
-        """Langevin step at ``sigma_t`` with step ``step_lr (sigma_t / sigma_1)^2`` (DiffCSP's corrector), wrapped."""
+        """Langevin step at ``sigma_t`` with step ``step_lr (sigma_t / sigma_1)^2`` (DiffCSP's corrector),
+        wrapped."""
         ratio = _per_sample(self.sigmas, t, x_t) / self.sigmas[1]
         step = step_lr * ratio**2
         return torch.remainder(x_t + step * self._score(pred, t) + (2.0 * step).sqrt() * noise, 1.0)

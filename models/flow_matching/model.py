@@ -1,11 +1,11 @@
-"""Flow matching over the crystal: the torus for fractional coordinates, Euclidean space for the lattice and for
-continuous one-hot atom types, with a periodic message-passing network as the velocity field.
+"""Flow matching over the crystal: the torus for fractional coordinates, Euclidean space for the lattice and
+for continuous one-hot atom types, with a periodic message-passing network as the velocity field.
 
 Lipman et al. (2023), "Flow Matching for Generative Modeling", ICLR, arXiv:2210.02747; on manifolds, Chen &
-Lipman (2024), "Flow Matching on General Geometries", ICLR, arXiv:2302.03660; on crystals, Miller et al. (2024),
-"FlowMM: Generating Materials with Riemannian Flow Matching", ICML, arXiv:2406.04713. The number of atoms is drawn
-from the training set's distribution before the flow runs (FlowMM and DiffCSP do the same), so the network only
-ever sees the atoms of a crystal; the empty-slot class of the codec is used for padding only.
+Lipman (2024), "Flow Matching on General Geometries", ICLR, arXiv:2302.03660; on crystals, Miller et al.
+(2024), "FlowMM: Generating Materials with Riemannian Flow Matching", ICML, arXiv:2406.04713. The number of
+atoms is drawn from the training set's distribution before the flow runs (FlowMM and DiffCSP do the same), so
+the network only ever sees the atoms of a crystal; the empty-slot class of the codec is used for padding only.
 
 Fields (data side ``x1``):
 
@@ -22,14 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-
 from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory
 from bench.models.embeddings import timestep_embedding
 from bench.models.flow_matching.paths import FieldPath
 from bench.models.flow_matching.samplers import EulerSampler, ODESampler
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
+from torch import Tensor, nn
 
 __all__ = ["CrystalFlowMatching"]
 
@@ -38,8 +37,8 @@ class CrystalFlowMatching(PeriodicCrystalModule):
     """Conditional flow matching with one probability path per field and an ODE sampler.
 
     The loss is the flow-matching regression ``|v_theta(x_t, t) - u_t|^2`` (the network predicts the velocity;
-    ``prediction_type`` "velocity"), averaged within each field over the crystal's atoms and summed over fields
-    with weights.
+    ``prediction_type`` "velocity"), averaged within each field over the crystal's atoms and summed over
+    fields with weights.
 
     Args:
         backbone: partial of :class:`~bench.models.backbones.periodic.PeriodicMPNN`; called with
@@ -57,8 +56,9 @@ class CrystalFlowMatching(PeriodicCrystalModule):
 
     family = "flow"
     paper = (
-        "Miller, Chen, Sriram, Wood (2024). FlowMM: Generating Materials with Riemannian Flow Matching. ICML. "
-        "arXiv:2406.04713; Lipman et al. (2023). Flow Matching for Generative Modeling. ICLR. arXiv:2210.02747"
+        "Miller, Chen, Sriram, Wood (2024). FlowMM: Generating Materials with Riemannian Flow Matching. "
+        "ICML. arXiv:2406.04713; Lipman et al. (2023). Flow Matching for Generative Modeling. ICLR. "
+        "arXiv:2210.02747"
     )
 
     def __init__(

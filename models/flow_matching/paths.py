@@ -1,15 +1,15 @@
 """Probability paths of flow matching, one object per field of the crystal (chosen by config).
 
 A path knows its prior, how to interpolate between a prior sample ``x0`` and a data point ``x1`` at time ``t``
-(returning ``x_t`` and the conditional velocity ``u_t`` the network regresses), and how to move a point along a
-velocity (the exponential map of its space):
+(returning ``x_t`` and the conditional velocity ``u_t`` the network regresses), and how to move a point along
+a velocity (the exponential map of its space):
 
-- :class:`EuclideanPath`: the straight-line (optimal-transport, ``sigma_min = 0``) path of Lipman et al. (2023),
-  "Flow Matching for Generative Modeling", ICLR, arXiv:2210.02747, from a Gaussian prior;
-- :class:`TorusPath`: the geodesic path on the flat torus ``[0, 1)^3`` of Chen & Lipman (2024), "Flow Matching on
-  General Geometries", ICLR, arXiv:2302.03660, from the uniform prior, as FlowMM (Miller et al. 2024, "FlowMM:
-  Generating Materials with Riemannian Flow Matching", ICML, arXiv:2406.04713) uses for fractional coordinates.
-  Coordinates are wrapped, never clipped.
+- :class:`EuclideanPath`: the straight-line (optimal-transport, ``sigma_min = 0``) path of Lipman et al.
+  (2023), "Flow Matching for Generative Modeling", ICLR, arXiv:2210.02747, from a Gaussian prior;
+- :class:`TorusPath`: the geodesic path on the flat torus ``[0, 1)^3`` of Chen & Lipman (2024), "Flow Matching
+  on General Geometries", ICLR, arXiv:2302.03660, from the uniform prior, as FlowMM (Miller et al. 2024,
+  "FlowMM: Generating Materials with Riemannian Flow Matching", ICML, arXiv:2406.04713) uses for fractional
+  coordinates. Coordinates are wrapped, never clipped.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class FieldPath(Protocol):
         ...
 
     def interpolate(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``(x_t, u_t)``: the point at time ``t`` ``[B]`` on the path from ``x0`` to ``x1``, and its velocity."""
+        """``(x_t, u_t)``: the point at time ``t`` ``[B]`` on the path from ``x0`` to ``x1``, and its
+        velocity."""
         ...
 
     def step(self, x: Tensor, velocity: Tensor, dt: float) -> Tensor:
@@ -78,7 +79,8 @@ class EuclideanPath:
 
 
 class TorusPath:
-    """Geodesics of the flat torus: ``x_t = x0 + t wrap(x1 - x0) mod 1``, ``u_t = wrap(x1 - x0)``, ``x0 ~ U[0,1)``."""
+    """Geodesics of the flat torus: ``x_t = x0 + t wrap(x1 - x0) mod 1``, ``u_t = wrap(x1 - x0)``,
+    ``x0 ~ U[0,1)``."""
 
     def prior(self, shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:
         return _draw(torch.rand, shape, generator, device)

@@ -1,12 +1,14 @@
 """ODE samplers of flow-matching models: integrate the learned velocity from ``t = 0`` (prior) to ``t = 1``.
 
-Samplers hold no weights and are chosen by config (``conf/sampler/euler.yaml``, ``heun.yaml``). Each step moves
-every field with its own path's exponential map (:meth:`FieldPath.step`), so coordinates stay on the torus. Each
-sampler states its number of network evaluations (``nfe``), which the sample stage writes into the record.
+Samplers hold no weights and are chosen by config (``conf/sampler/euler.yaml``, ``heun.yaml``). Each step
+moves every field with its own path's exponential map (:meth:`FieldPath.step`), so coordinates stay on the
+torus. Each sampler states its number of network evaluations (``nfe``), which the sample stage writes into the
+record.
 
-``anti_annealing`` multiplies a field's velocity by ``1 + s t`` (FlowMM's "inference anti-annealing", Miller et
-al. 2024, arXiv:2406.04713, section 4; also Yim et al. 2023 for protein frames): the flow is sharpened near the
-data end, which trades a little diversity for precision. ``{}`` (the default) integrates the learned field as is.
+``anti_annealing`` multiplies a field's velocity by ``1 + s t`` (FlowMM's "inference anti-annealing", Miller
+et al. 2024, arXiv:2406.04713, section 4; also Yim et al. 2023 for protein frames): the flow is sharpened near
+the data end, which trades a little diversity for precision. ``{}`` (the default) integrates the learned field
+as is.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import torch
-from torch import Tensor
-
 from bench.models.flow_matching.paths import FieldPath
+from torch import Tensor
 
 __all__ = ["EulerSampler", "HeunSampler", "ODESampler", "VelocityField"]
 

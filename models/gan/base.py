@@ -1,15 +1,16 @@
-"""The GAN family's base: a generator and a critic on the shared backbone, trained by manual optimisation, with the
-adversarial loss, the critic penalty and the critic's weight constraint as hooks chosen by the variant.
+"""The GAN family's base: a generator and a critic on the shared backbone, trained by manual optimisation,
+with the adversarial loss, the critic penalty and the critic's weight constraint as hooks chosen by the
+variant.
 
-Goodfellow et al. (2014), "Generative Adversarial Nets", NeurIPS, arXiv:1406.2661. A variant is this class with
-other settings (a config under ``conf/model/``) or a small subclass:
+Goodfellow et al. (2014), "Generative Adversarial Nets", NeurIPS, arXiv:1406.2661. A variant is this class
+with other settings (a config under ``conf/model/``) or a small subclass:
 
 - ``loss``: ``"non_saturating"`` (Goodfellow et al. 2014, section 3: the generator maximises ``log D(G(z))``),
   ``"wasserstein"`` (Arjovsky, Chintala & Bottou 2017, arXiv:1701.07875: the critic estimates
   ``E[D(real)] - E[D(fake)]``), or ``"hinge"`` (Lim & Ye 2017, arXiv:1705.02894; Miyato et al. 2018,
   arXiv:1802.05957);
-- ``gp_weight``: the gradient penalty ``lambda E[(||grad D(x_hat)|| - 1)^2]`` on random interpolates (Gulrajani
-  et al. 2017, arXiv:1704.00028), 0 for none;
+- ``gp_weight``: the gradient penalty ``lambda E[(||grad D(x_hat)|| - 1)^2]`` on random interpolates
+  (Gulrajani et al. 2017, arXiv:1704.00028), 0 for none;
 - ``clip_value``: after every critic update clamp every critic weight to ``[-c, c]`` (Arjovsky et al. 2017,
   algorithm 1), ``None`` for none;
 - ``n_critic``: critic updates per generator update.
@@ -195,7 +196,8 @@ class CrystalGAN(GenerativeModule):
 
     # ------------------------------------------------------------------ losses
     def critic_terms(self, batch: Mapping[str, Tensor], penalty: bool = True) -> dict[str, Tensor]:
-        """The critic's loss (plus ``gp_weight`` times the gradient penalty) and its gap ``E[D(real)] - E[D(fake)]``.
+        """The critic's loss (plus ``gp_weight`` times the gradient penalty) and its gap
+        ``E[D(real)] - E[D(fake)]``.
 
         ``wasserstein`` is that gap whatever the loss: the Wasserstein estimate for a Wasserstein critic, a
         separation score for the others.

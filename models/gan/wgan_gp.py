@@ -1,5 +1,5 @@
-"""Wasserstein GAN with gradient penalty over the crystal batch: :class:`~bench.models.gan.base.CrystalGAN` with the
-Wasserstein loss, ``lambda = 10`` and five critic updates per generator update.
+"""Wasserstein GAN with gradient penalty over the crystal batch: :class:`~bench.models.gan.base.CrystalGAN`
+with the Wasserstein loss, ``lambda = 10`` and five critic updates per generator update.
 
 Gulrajani, Ahmed, Arjovsky, Dumoulin & Courville (2017), "Improved Training of Wasserstein GANs", NeurIPS,
 arXiv:1704.00028 (building on Arjovsky, Chintala & Bottou 2017, "Wasserstein GAN", arXiv:1701.07875).
@@ -19,7 +19,8 @@ __all__ = ["CrystalWGANGP"]
 class CrystalWGANGP(CrystalGAN):
     """WGAN-GP: the Wasserstein critic loss plus ``gp_weight`` times the gradient penalty, no weight clipping.
 
-    Args: as :class:`~bench.models.gan.base.CrystalGAN`, without ``loss`` and ``clip_value`` (fixed by the paper).
+    Args: as :class:`~bench.models.gan.base.CrystalGAN`, without ``loss`` and ``clip_value`` (fixed by the
+    paper).
     """
 
     paper = (

@@ -22,11 +22,12 @@ __all__ = ["CrystalVAE"]
 
 
 class CrystalVAE(GenerativeModule):
-    """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder: the VAE family's base.
+    """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder: the VAE family's
+    base.
 
     Variants change the regulariser (:meth:`regulariser`), the prior (:meth:`sample_prior`) or the posterior
-    draw (:meth:`reparameterise`), by config or a small subclass; the networks and the reconstruction terms are
-    shared.
+    draw (:meth:`reparameterise`), by config or a small subclass; the networks and the reconstruction terms
+    are shared.
 
     The loss is ``CE(types) + MSE_periodic(frac | filled slots) + MSE(lattice) + beta * KL``: reconstruction
     terms are means per element (as in CDVAE, Xie et al. 2022), so ``beta`` is relative to that scale, not the
@@ -103,8 +104,11 @@ class CrystalVAE(GenerativeModule):
         """A posterior draw ``z = mu + sigma eps`` (Kingma & Welling 2014, section 2.4)."""
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
 
-    def reconstruction_terms(self, recon: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Per-field reconstruction terms: type cross-entropy, periodic coordinate MSE (filled slots), lattice MSE."""
+    def reconstruction_terms(
+        self, recon: Mapping[str, Tensor], batch: Mapping[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Per-field reconstruction terms: type cross-entropy, periodic coordinate MSE (filled slots), lattice
+        MSE."""
         target_types = batch["atom_types"].argmax(dim=-1)
         type_ce = F.cross_entropy(recon["atom_types"].flatten(0, 1), target_types.flatten())
         filled = 1.0 - batch["atom_types"][..., 0]
@@ -116,8 +120,9 @@ class CrystalVAE(GenerativeModule):
     def regulariser(self, mu: Tensor, logvar: Tensor, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The latent regulariser added to the reconstruction loss, and its terms for logging.
 
-        Default: ``beta`` (after warm-up) times the analytic ``KL(q(z|x) || N(0, I))``. Variants that regularise
-        otherwise (a total-correlation penalty, a discriminator on permuted latents, a discrete code) override it.
+        Default: ``beta`` (after warm-up) times the analytic ``KL(q(z|x) || N(0, I))``. Variants that
+        regularise otherwise (a total-correlation penalty, a discriminator on permuted latents, a discrete
+        code) override it.
         """
         kl = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
         return self.current_beta() * kl, {"kl": kl}
