@@ -56,7 +56,6 @@ def models(papers: bool = True) -> list[dict[str, str]]:
     out = []
     for name, path in _conf_files("model"):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        model = str(cfg.get("name", name))
         out.append({"name": name, "family": str(cfg.get("family", "")),
                     "variant": str(cfg.get("variant", "")),
                     "paper": str(cfg.get("paper") or (_paper(name) if papers and name in MODELS else "")),

@@ -28,7 +28,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   evaluate     score samples (samples=PATH for any CSV with a 'cif' column / CIF folder / JSON)
   reference    score a reference row: reference=test|copy|random (the ceiling and floor of every metric)
   datasets     list | fetch NAME [--split S] | verify NAME
-  leaderboard  build | show [--dataset D] [--sort METRIC]: the board from the result records
+  leaderboard  build | show [--dataset D] [--protocol P] [--sort METRIC] [--metrics M,...|all]: the board
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
@@ -290,7 +290,10 @@ def _leaderboard_main(argv: list[str]) -> int:
     parser.add_argument("--dataset", default=None, help="show: one dataset only")
     parser.add_argument("--sort", default=None,
                         help="show: sort by this metric (best first) or a cost column")
-    parser.add_argument("--metrics", default=None, help="show: comma-separated metrics to show")
+    parser.add_argument("--metrics", default=None,
+                        help="show: comma-separated metrics, or 'all' (default: the headline metrics)")
+    parser.add_argument("--protocol", default=None,
+                        help="show: one split protocol only (its id, short id or experiment name)")
     args = parser.parse_args(argv)
     from bench.leaderboard import build, show
 
@@ -299,7 +302,7 @@ def _leaderboard_main(argv: list[str]) -> int:
             print(path)
         return 0
     try:
-        show(args.results, dataset=args.dataset, sort=args.sort,
+        show(args.results, dataset=args.dataset, sort=args.sort, protocol=args.protocol,
              metrics=args.metrics.split(",") if args.metrics else None)
     except ValueError as err:
         print(f"matgenbench leaderboard show: {err}", file=sys.stderr)

@@ -167,7 +167,9 @@ def score(
     if isinstance(metric_cfg, dict):
         _add_dataset_settings(metric_cfg, cfg)
     report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg),
-                         progress=True)
+                         progress=True, compositions=sample_set.compositions or None)
+    # the decode thresholds that turned samples into failures (this project's samples; None from outside)
+    report.settings["decode"] = sample_set.meta.get("decode")
     cost = dict(cost or {})
     cost["evaluate_seconds"] = time.perf_counter() - start
     cost["evaluate_peak_memory_mb"] = peak_memory_mb()

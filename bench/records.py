@@ -1,10 +1,10 @@
 """Result records: one JSON file per run, the only source of truth for the leaderboard.
 
-A record says what was run (model, family, variant, dataset, split protocol, seed), on which data (checksums of the
-files actually read), what came out (counts, metrics with their direction and version), at what cost (seconds,
-throughput, memory, parameters), whether it finished (``complete`` / ``failed`` / ``not_applicable`` with a reason)
-and how to reproduce it (resolved config, its hash, git commit, package versions, hardware). The shape follows
-matbench-discovery's per-model files, with the provenance MatterGen's benchmark JSONs lack.
+A record says what was run (model, family, variant, dataset, split protocol, seed), on which data (checksums
+of the files actually read), what came out (counts, metrics with their direction and version), at what cost
+(seconds, throughput, memory, parameters), whether it finished (``complete`` / ``failed`` / ``not_applicable``
+with a reason) and how to reproduce it (resolved config, its hash, git commit, package versions, hardware).
+The shape follows matbench-discovery's per-model files, with the provenance MatterGen's benchmark JSONs lack.
 """
 
 from __future__ import annotations
@@ -80,10 +80,12 @@ class ResultRecord:
 
 
 def record_path(results_dir: str | Path, record: ResultRecord) -> Path:
-    """``<results_dir>/<dataset>/<model>__<protocol>__s<seed>__<hash>.json``: one file per config, so a re-run of the
-    same config replaces its record and a sweep can tell which cells are done."""
+    """``<results_dir>/<dataset>/<model>__<protocol>__s<seed>__<hash>.json``: one file per config, so a re-run
+    of the same config replaces its record and a sweep can tell which cells are done."""
     protocol = record.split.get("id") or record.split_protocol
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{record.model}__{protocol}__s{record.seed}")
+    safe = "".join(
+        c if c.isalnum() or c in "-_." else "-" for c in f"{record.model}__{protocol}__s{record.seed}"
+    )
     suffix = f"__{record.config_hash[:8]}" if record.config_hash else ""
     return Path(results_dir) / record.dataset / f"{safe}{suffix}.json"
 
@@ -159,12 +161,15 @@ def _hardware() -> dict[str, Any]:
 
 @functools.cache
 def code_version() -> str | None:
-    """Git commit of the running code (``+dirty`` with local changes), read once per process: a long sweep keeps
-    running the code it imported at its start, so that start is what its records must name (the CLI reads it
-    before any work)."""
+    """Git commit of the running code (``+dirty`` with local changes), read once per process: a long sweep
+    keeps running the code it imported at its start, so that start is what its records must name (the CLI
+    reads it before any work)."""
     return _git_commit()
 
 
 def provenance() -> dict[str, Any]:
-    """Git commit (``+dirty`` when the tree has local changes), package versions and hardware of this process."""
-    return {"git_commit": code_version(), "versions": _versions(), "hardware": _hardware(), "argv": sys.argv[1:]}
+    """Git commit (``+dirty`` when the tree has local changes), package versions and hardware of this
+    process."""
+    return {
+        "git_commit": code_version(), "versions": _versions(), "hardware": _hardware(), "argv": sys.argv[1:],
+    }

@@ -1,12 +1,13 @@
 """Reference rows: the ceiling and floor of every metric, scored by the same suite as the models.
 
-- ``test``: structures of the reference (test) split, scored as if generated — what a perfect model of the test
-  distribution would get (novelty is measured against the training split, so it stays high).
+- ``test``: structures of the reference (test) split, scored as if generated — what a perfect model of the
+  test distribution would get (novelty is measured against the training split, so it stays high).
 - ``copy``: structures of the training split — high fidelity and zero novelty: what memorisation looks like.
 - ``random``: random crystals — lattice parameters drawn independently from the training marginals, positions
   uniform in the cell, the number of atoms and the elements drawn from the training frequencies. The floor.
 
-Each is a seeded draw of ``sample.num_samples`` structures and is written as a record with ``kind="reference"``.
+Each is a seeded draw of ``sample.num_samples`` structures and is written as a record with
+``kind="reference"``.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ REFERENCE_KINDS = {
 
 
 def random_crystals(train: list[Structure], n: int, rng: np.random.Generator) -> list[Structure | None]:
-    """``n`` random crystals whose statistics (cell parameters, atom count, elements) follow ``train``'s marginals.
+    """``n`` random crystals whose statistics (cell parameters, atom count, elements) follow ``train``'s
+    marginals.
 
-    Lattice parameters ``a, b, c, alpha, beta, gamma`` are drawn independently from the empirical training values,
-    so the cell may be impossible (``None`` with the reason logged) — as for a model that learnt the marginals only.
+    Lattice parameters ``a, b, c, alpha, beta, gamma`` are drawn independently from the empirical training
+    values, so the cell may be impossible (``None`` with the reason logged) — as for a model that learnt the
+    marginals only.
     """
     params = np.array([[*s.lattice.abc, *s.lattice.angles] for s in train])
     counts = np.array([len(s) for s in train])
@@ -93,7 +96,9 @@ def score_reference(cfg: DictConfig) -> tuple[ResultRecord, Path | None]:
 
     kind = cfg.get("reference")
     if kind not in REFERENCE_KINDS:
-        raise ValueError(f"reference={kind}: choose one of {', '.join(REFERENCE_KINDS)} (e.g. reference=test)")
+        raise ValueError(
+            f"reference={kind}: choose one of {', '.join(REFERENCE_KINDS)} (e.g. reference=test)"
+        )
     seed_everything(int(cfg.seed))
     start = time.perf_counter()
     sample_set = reference_samples(cfg, kind)

@@ -2,23 +2,24 @@
 
 Two questions a reader of a benchmark asks, answered from the records alone:
 
-* *Does this row reproduce?* ``matgenbench reproduce RECORD.json`` takes the resolved config stored in the record,
-  checks that the data files on this machine are the ones the record used (sha256 of each split; a mismatch is
-  refused, never silently re-run on other data), re-runs the same stages with the same seed into a scratch folder
-  (the original record is left alone) and prints recorded vs re-run metrics with the tolerance each is allowed.
+* *Does this row reproduce?* ``matgenbench reproduce RECORD.json`` takes the resolved config stored in the
+  record, checks that the data files on this machine are the ones the record used (sha256 of each split; a
+  mismatch is refused, never silently re-run on other data), re-runs the same stages with the same seed into a
+  scratch folder (the original record is left alone) and prints recorded vs re-run metrics with the tolerance
+  each is allowed.
 
-  - When the re-run generated exactly the same structures (same ``samples_sha256``, as on the same hardware and
-    library versions), evaluation is deterministic, so every metric must agree to :data:`EXACT_TOLERANCE`.
+  - When the re-run generated exactly the same structures (same ``samples_sha256``, as on the same hardware
+    and library versions), evaluation is deterministic, so every metric must agree to :data:`EXACT_TOLERANCE`.
   - Otherwise (other hardware, other BLAS or torch build: training takes another numerical path and the model
-    is in effect a new draw), each metric is allowed the stated bound of :data:`STATISTICAL_TOLERANCES`, sized to
-    the seed-to-seed spread of the offline protocol. The table says which of the two modes applied.
+    is in effect a new draw), each metric is allowed the stated bound of :data:`STATISTICAL_TOLERANCES`, sized
+    to the seed-to-seed spread of the offline protocol. The table says which of the two modes applied.
 
   Costs (seconds, throughput) depend on the machine and are shown, never judged.
 
 * *How do our rows compare with the paper's?* ``matgenbench reproduce --published cdvae`` lines up the suite's
-  rows with CDVAE's published table (Xie et al. 2022, Table 3) per dataset and prints the differences, with the
-  protocol differences (sample count, training split, property predictor, SMACT table) stated above each table
-  instead of hidden.
+  rows with CDVAE's published table (Xie et al. 2022, Table 3) per dataset and prints the differences, with
+  the protocol differences (sample count, training split, property predictor, SMACT table) stated above each
+  table instead of hidden.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ STATISTICAL_TOLERANCES: dict[str, tuple[float, float]] = {
     "jsd_spacegroup": (0.05, 0.1),
     "jsd_elements": (0.05, 0.25),
 }
-"""``metric -> (absolute, relative)``: a re-run on other hardware passes when ``|re-run - recorded| <= absolute +
-relative * |recorded|``. Fractions get 0.05 absolute (five points); distances get a relative bound because their
-scale differs by dataset. Metrics not listed get :data:`DEFAULT_TOLERANCE`."""
+"""``metric -> (absolute, relative)``: a re-run on other hardware passes when
+``|re-run - recorded| <= absolute + relative * |recorded|``. Fractions get 0.05 absolute (five points);
+distances get a relative bound because their scale differs by dataset. Metrics not listed get
+:data:`DEFAULT_TOLERANCE`."""
 DEFAULT_TOLERANCE = (0.05, 0.25)
 _COST_KEYS = ("train_seconds", "train_steps", "samples_per_second", "evaluate_seconds")
 
@@ -108,7 +110,8 @@ class MetricCheck:
 
 @dataclass
 class Reproduction:
-    """The outcome of a re-run: the mode the comparison used, each metric's check, and where the re-run went."""
+    """The outcome of a re-run: the mode the comparison used, each metric's check, and where the re-run
+    went."""
 
     record: str
     mode: str
@@ -153,7 +156,8 @@ def compare_metrics(
 ) -> list[MetricCheck]:
     """Check every recorded metric against the re-run's value.
 
-    A metric that had a value and lost it (or the other way round) fails; one that is undefined in both passes.
+    A metric that had a value and lost it (or the other way round) fails; one that is undefined in both
+    passes.
     """
     checks = []
     for name in recorded:
@@ -210,7 +214,9 @@ def check_data(cfg: DictConfig, record: ResultRecord) -> dict[str, str]:
         try:
             loaded = load_dataset_split(cfg, split)
         except (ChecksumMismatchError, DatasetUnavailableError, FileNotFoundError) as err:
-            raise DataMismatchError(f"cannot load {cfg.dataset.name}/{split} as the record did: {err}") from err
+            raise DataMismatchError(
+                f"cannot load {cfg.dataset.name}/{split} as the record did: {err}"
+            ) from err
         actual = loaded.checksums.get("sha256")
         seen[split] = actual
         if actual != expected:
@@ -262,7 +268,8 @@ def reproduce_record(
         data_dir: Local data copy to use instead of the configured one.
 
     Raises:
-        ReproduceError: the record is not complete, has no config, or its data differ (:class:`DataMismatchError`).
+        ReproduceError: the record is not complete, has no config, or its data differ
+            (:class:`DataMismatchError`).
     """
     from bench.config import config_hash
 
@@ -283,7 +290,8 @@ def reproduce_record(
         log.warning("the config hash of the re-run (%s) differs from the record's (%s)",
                     config_hash(cfg), record.config_hash)
     check_data(cfg, record)
-    log.info("re-running %s (%s on %s, seed %s) into %s", path.name, record.model, record.dataset, record.seed, out)
+    log.info("re-running %s (%s on %s, seed %s) into %s",
+             path.name, record.model, record.dataset, record.seed, out)
     new = _rerun(cfg, record)
     old_digest = record.counts.get("samples_sha256")
     exact = bool(old_digest) and old_digest == new.counts.get("samples_sha256")
@@ -314,8 +322,8 @@ def render_reproduction(result: Reproduction) -> str:
     from rich.table import Table
 
     table = Table(title=f"reproduce {Path(result.record).name}")
-    for col, justify in (("metric", "left"), ("recorded", "right"), ("re-run", "right"), ("difference", "right"),
-                         ("allowed", "right"), ("", "center")):
+    for col, justify in (("metric", "left"), ("recorded", "right"), ("re-run", "right"),
+                         ("difference", "right"), ("allowed", "right"), ("", "center")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for c in result.checks:
         allowed = "exact" if c.tolerance_text == "exact" else f"{c.tolerance_text} = {c.tolerance:.3g}"
@@ -328,8 +336,8 @@ def render_reproduction(result: Reproduction) -> str:
         console.print(table)
     lines = [capture.get().rstrip(), f"comparison: {result.mode}"]
     if not result.config_hash_matches:
-        lines.append("warning: the re-run's config hash differs from the record's (the record came from another "
-                     "version of the config schema)")
+        lines.append("warning: the re-run's config hash differs from the record's (the record came from "
+                     "another version of the config schema)")
     bad = [c.name for c in result.checks if not c.ok]
     lines.append(f"{len(result.checks) - len(bad)} of {len(result.checks)} metrics within tolerance"
                  + (f"; outside: {', '.join(bad)}" if bad else ""))
@@ -338,7 +346,7 @@ def render_reproduction(result: Reproduction) -> str:
     return "\n".join(lines)
 
 
-# --- published tables -------------------------------------------------------------------------------------------
+# --- published tables ---------------------------------------------------------------------------------------
 
 _PUBLISHED_ALIASES = {"cdvae": "cdvae_2022", "cdvae_2022": "cdvae_2022"}
 _PUBLISHED_SAMPLES = {"cdvae_2022": 10_000}
@@ -367,8 +375,8 @@ def _protocol_notes(ours: Sequence[Any], records: Sequence[ResultRecord], source
                      f"published {published_n:,} (COV-R and uniqueness grow with the sample count)")
     trains = sorted({str(r.split.get("train")) for r in records if r.split.get("train")})
     if trains and trains != ["train"]:
-        notes.append(f"training split: ours trained on '{', '.join(trains)}', published on the official 'train' "
-                     "split (smaller training set, and novelty is measured against it)")
+        notes.append(f"training split: ours trained on '{', '.join(trains)}', published on the official "
+                     "'train' split (smaller training set, and novelty is measured against it)")
     if any(not r.split.get("official", False) for r in records):
         notes.append("ours are not on the official split protocol: not directly comparable")
     if any("wdist_prop" in row.metrics for row in ours):
@@ -404,7 +412,9 @@ def compare_published(
 
     key = _PUBLISHED_ALIASES.get(source.lower())
     if key is None:
-        raise ReproduceError(f"unknown published table {source!r}; known: {', '.join(sorted(_PUBLISHED_ALIASES))}")
+        raise ReproduceError(
+            f"unknown published table {source!r}; known: {', '.join(sorted(_PUBLISHED_ALIASES))}"
+        )
     kept, _ = load_valid_records(results_dir)
     records, _ = split_superseded([r for _, r in kept if r.status == "complete"])
     published = published_rows(sources=(key,))
@@ -414,8 +424,8 @@ def compare_published(
     if not datasets:
         have = sorted({r.dataset for r in records})
         raise ReproduceError(
-            f"no dataset has both our records (in {results_dir}: {', '.join(have) or 'none'}) and rows of the "
-            f"published table {key} ({', '.join(sorted({r.dataset for r in published}))})"
+            f"no dataset has both our records (in {results_dir}: {', '.join(have) or 'none'}) and rows of "
+            f"the published table {key} ({', '.join(sorted({r.dataset for r in published}))})"
             + (f" for dataset {dataset!r}" if dataset else "")
         )
     out = []
@@ -444,7 +454,9 @@ def render_published(comparisons: Sequence[PublishedComparison]) -> str:
     with console.capture() as capture:
         for comp in comparisons:
             meta = published_meta(comp.source)
-            console.print(f"\n[bold]{comp.dataset}[/bold]: ours vs {meta['short_citation']} ({meta['protocol']})")
+            console.print(
+                f"\n[bold]{comp.dataset}[/bold]: ours vs {meta['short_citation']} ({meta['protocol']})"
+            )
             for note in comp.protocol_notes:
                 console.print(f"  ! {note}")
             anchor = next((r for r in comp.published if r.model.lower() == comp.against.lower()), None)
@@ -478,7 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="matgenbench reproduce",
-        description="Re-run a result record and compare its metrics, or compare our rows with a published table.",
+        description=(
+            "Re-run a result record and compare its metrics, or compare our rows with a published table."
+        ),
     )
     parser.add_argument("record", nargs="?", type=Path, help="result record JSON to re-run")
     parser.add_argument("--published", default=None, metavar="TABLE",
@@ -487,9 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=Path(os.environ.get("MATGENBENCH_RESULTS_DIR", "leaderboard/results")),
                         help="--published: folder of result records")
     parser.add_argument("--dataset", default=None, help="--published: one dataset only")
-    parser.add_argument("--against", default="CDVAE", help="--published: published row the differences refer to")
+    parser.add_argument("--against", default="CDVAE",
+                        help="--published: published row the differences refer to")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder for the re-run")
-    parser.add_argument("--data-dir", type=Path, default=None, help="local data copy (<dir>/<dataset>/<split>.csv)")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="local data copy (<dir>/<dataset>/<split>.csv)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if (args.record is None) == (args.published is None):
         parser.error("give either a RECORD.json or --published TABLE")

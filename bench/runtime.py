@@ -73,8 +73,8 @@ def load_dataset_split(cfg: DictConfig, split: str, limit: int | None = None, ni
 
 
 def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any]:
-    """The protocol of a run: which split trained, which was the reference, whether it is official, and how many
-    structures were scored.
+    """The protocol of a run: which split trained, which was the reference, whether it is official, and how
+    many structures were scored.
 
     The pinned experiment (``protocol``, set by ``conf/experiment/*``) and the sample count are part of the
     protocol (``label`` and ``id``): an ad-hoc run on the same splits is never pooled with a pinned protocol's

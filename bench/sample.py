@@ -3,6 +3,7 @@ file."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -57,8 +58,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
             batch = module.sample(n, generator=generator)
             decoded = codec.decode({k: v.detach().cpu() for k, v in batch.items()})
             for j, item in enumerate(decoded):
-                if not item and hasattr(item, "reason"):
-                    item = type(item)(item.reason, done + j)
+                if not item and dataclasses.is_dataclass(item) and hasattr(item, "index"):
+                    item = dataclasses.replace(item, index=done + j)  # keeps the reason and species
                 items.append(item)
             done += n
             bar.update(n)
@@ -81,6 +82,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "training_hash": training_hash(cfg),  # what evaluate checks the file against
         "sampling_hash": sampling_hash(cfg),
     }
+    if callable(getattr(codec, "decode_settings", None)):  # the thresholds that made failures failures
+        summary["decode"] = codec.decode_settings()
     path = write_samples_csv(samples_path(cfg), items, meta=summary)
     summary["path"] = str(path)
     log.info(

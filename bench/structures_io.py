@@ -4,7 +4,10 @@ Formats read: the samples CSV this project writes (``cif`` column plus ``status`
 ``cif`` column (CDVAE's data files, other models' dumps), a folder of ``.cif`` files, a pymatgen JSON list,
 extended XYZ (``.extxyz``/``.xyz``, through ASE, an optional dependency) and CDVAE's ``eval_gen.pt`` tensors.
 Items that could not be constructed are kept as ``None`` with their reason, so the denominator of validity is
-the number of samples asked for, as in CDVAE. A file with no samples at all is refused: zero samples are no
+the number of samples asked for, as in CDVAE. Where the atom types of such an item are known (a decode
+failure of the lattice; a CDVAE tensor whose cell pymatgen refuses) its composition is kept too
+(``composition`` column, :attr:`SampleSet.compositions`), so composition validity still scores it, as CDVAE
+does. A file with no samples at all is refused: zero samples are no
 result.
 """
 
@@ -15,6 +18,7 @@ import json
 import logging
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,9 @@ class SampleSet:
     reasons: list[str | None]
     source: str
     meta: dict = field(default_factory=dict)
+    compositions: list[dict[str, float] | None] = field(default_factory=list)
+    """Per item, the element amounts of an item that was not built but whose atoms are known (None where
+    unknown or where the structure exists); empty when the format keeps none."""
 
     @property
     def n_constructed(self) -> int:
@@ -58,9 +65,12 @@ def samples_digest(sample_set: SampleSet, decimals: int = 5) -> str:
     import numpy as np
 
     digest = hashlib.sha256()
-    for structure, reason in zip(sample_set.structures, sample_set.reasons, strict=False):
+    compositions = sample_set.compositions or [None] * len(sample_set.structures)
+    for structure, reason, comp in zip(sample_set.structures, sample_set.reasons, compositions, strict=False):
         if structure is None:
-            digest.update(f"failed:{reason}\n".encode())
+            # the atoms of a failure count too, where known (files without them digest as before)
+            kept = "" if comp is None else "|" + ",".join(f"{el}:{n:g}" for el, n in sorted(comp.items()))
+            digest.update(f"failed:{reason}{kept}\n".encode())
             continue
         lattice = np.round(structure.lattice.matrix, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
         coords = np.round(np.mod(structure.frac_coords, 1.0), decimals) % 1.0 + 0.0
@@ -80,20 +90,26 @@ def _parse_cif(text: str) -> Structure:
 def write_samples_csv(
     path: str | Path, items: Sequence[Structure | object], meta: dict | None = None
 ) -> Path:
-    """Write generated items as CSV (``index,status,reason,formula,cif``); failures keep their reason.
+    """Write generated items as CSV (``index,status,reason,formula,cif,composition``); failures keep their
+    reason and, when they carry ``species`` (a :class:`bench.datasets.DecodeFailure`), their composition.
 
     A ``<path>.meta.json`` sidecar carries ``meta`` (model, seed, timings) for the evaluate stage.
     """
     import io
 
+    from pymatgen.core import Composition
+
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["index", "status", "reason", "formula", "cif"])
+    writer.writerow(["index", "status", "reason", "formula", "cif", "composition"])
     for i, item in enumerate(items):
         if isinstance(item, Structure):
-            writer.writerow([i, "ok", "", item.composition.reduced_formula, item.to(fmt="cif")])
+            writer.writerow([i, "ok", "", item.composition.reduced_formula, item.to(fmt="cif"), ""])
         else:
-            writer.writerow([i, "failed", getattr(item, "reason", str(item)), "", ""])
+            species = tuple(getattr(item, "species", ()) or ())
+            comp = Composition(dict(Counter(species))) if species else None
+            writer.writerow([i, "failed", getattr(item, "reason", str(item)),
+                             comp.reduced_formula if comp else "", "", comp.formula if comp else ""])
     path = atomic_write_text(path, buf.getvalue())
     if meta is not None:
         atomic_write_text(Path(f"{path}.meta.json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -105,6 +121,7 @@ def _read_csv(path: Path) -> SampleSet:
     structures: list[Structure | None] = []
     ids: list[str] = []
     reasons: list[str | None] = []
+    compositions: list[dict[str, float] | None] = []
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
@@ -119,7 +136,9 @@ def _read_csv(path: Path) -> SampleSet:
             if row.get("status", "ok") != "ok" or not (row.get("cif") or "").strip():
                 structures.append(None)
                 reasons.append(row.get("reason") or "no structure in this row")
+                compositions.append(_composition(row.get("composition"), path, row_no))
                 continue
+            compositions.append(None)
             try:
                 structures.append(_parse_cif(row["cif"]))
                 reasons.append(None)
@@ -128,7 +147,21 @@ def _read_csv(path: Path) -> SampleSet:
                 reasons.append(f"unreadable CIF: {err}")
     meta_path = Path(f"{path}.meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return SampleSet(structures, ids, reasons, str(path), meta)
+    return SampleSet(structures, ids, reasons, str(path), meta, compositions)
+
+
+def _composition(text: str | None, path: Path, row_no: int) -> dict[str, float] | None:
+    """Element amounts of a failed row's ``composition`` cell (``C24``, ``Sr1 Ti1 O3``); None when empty."""
+    if not (text or "").strip():
+        return None
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(text)
+        return {el.symbol: float(n) for el, n in comp.element_composition.items()}
+    except Exception as err:
+        log.warning("%s row %d: unreadable composition %r (%s); scored as unknown", path, row_no, text, err)
+        return None
 
 
 def _read_cif_folder(path: Path) -> SampleSet:
@@ -213,6 +246,7 @@ def _read_cdvae_pt(path: Path) -> SampleSet:
     structures: list[Structure | None] = []
     reasons: list[str | None] = []
     ids: list[str] = []
+    compositions: list[dict[str, float] | None] = []
     for b in range(num_atoms.shape[0]):
         start = 0
         for i, n in enumerate(num_atoms[b].tolist()):
@@ -224,10 +258,23 @@ def _read_cdvae_pt(path: Path) -> SampleSet:
                 lattice = Lattice.from_parameters(*lengths[b, i].tolist(), *angles[b, i].tolist())
                 structures.append(Structure(lattice, numbers, coords))
                 reasons.append(None)
+                compositions.append(None)
             except Exception as err:
                 structures.append(None)
                 reasons.append(f"not constructed: {err}")
-    return SampleSet(structures, ids, reasons, str(path))
+                compositions.append(_atomic_numbers_composition(numbers))
+    return SampleSet(structures, ids, reasons, str(path), compositions=compositions)
+
+
+def _atomic_numbers_composition(numbers: Sequence[int]) -> dict[str, float] | None:
+    """Element amounts from atomic numbers (CDVAE's ``Crystal.get_composition``); None when unusable."""
+    from pymatgen.core import Element
+
+    try:
+        counts = Counter(Element.from_Z(int(z)).symbol for z in numbers)
+    except (ValueError, KeyError):
+        return None
+    return {el: float(n) for el, n in counts.items()} or None
 
 
 def read_samples(path: str | Path) -> SampleSet:

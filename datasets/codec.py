@@ -33,8 +33,10 @@ __all__ = ["CrystalCodec", "DecodeFailure", "FIELDS"]
 
 FIELDS = ("atom_types", "frac_coords", "lattice")
 
-# Smallest V / (a b c) accepted: 1 for a cuboid, 0 for coplanar vectors (~0.06 degrees of out-of-plane tilt).
-_MIN_CELL_SHAPE = 1e-3
+# Decode thresholds; the defaults of conf/representation/crystal.yaml. Smallest V / (a b c) accepted: 1 for a
+# cuboid, 0 for coplanar vectors (1e-3: ~0.06 degrees of out-of-plane tilt). Longest lattice vector, Å.
+DEFAULT_MIN_CELL_SHAPE = 1e-3
+DEFAULT_MAX_LENGTH = 1e4
 
 
 def _lattice_params(structure: Structure) -> np.ndarray:
@@ -60,18 +62,35 @@ class CrystalCodec:
             ``None``, ``fit`` takes every element seen in the training structures, sorted by atomic number.
         condition: property columns of the dataset (e.g. ``["heat_ref"]``) for the ``condition`` field;
             empty (the default): no ``condition`` field.
+        min_cell_shape: decode: smallest ``V / (a b c)`` of a cell (flatter cells are a DecodeFailure).
+        max_length: decode: longest lattice vector in Å (longer ones are a DecodeFailure).
     """
 
     def __init__(
-        self, max_atoms: int, elements: Sequence[str] | None = None, condition: Sequence[str] = ()
+        self,
+        max_atoms: int,
+        elements: Sequence[str] | None = None,
+        condition: Sequence[str] = (),
+        min_cell_shape: float = DEFAULT_MIN_CELL_SHAPE,
+        max_length: float = DEFAULT_MAX_LENGTH,
     ) -> None:
         if max_atoms < 1:
             raise ValueError(f"max_atoms must be >= 1, got {max_atoms}")
+        if not 0 <= min_cell_shape < 1 or max_length <= 0:
+            raise ValueError(
+                f"min_cell_shape must be in [0, 1) and max_length > 0, got {min_cell_shape}, {max_length}"
+            )
+        self.min_cell_shape = float(min_cell_shape)
+        self.max_length = float(max_length)
         self.max_atoms = int(max_atoms)
         self.elements: list[str] | None = list(elements) if elements is not None else None
         self.lattice_mean: np.ndarray | None = None
         self.lattice_std: np.ndarray | None = None
         self.conditioner = ConditionScaler(condition)
+
+    def decode_settings(self) -> dict[str, float]:
+        """The decode thresholds (stored with the samples and in the record's metric settings)."""
+        return {"min_cell_shape": self.min_cell_shape, "max_length": self.max_length}
 
     @property
     def condition(self) -> tuple[str, ...]:
@@ -152,11 +171,21 @@ class CrystalCodec:
         }
         if self.condition:  # without one, the state is what it was before the condition channel existed
             state["condition"] = self.conditioner.state_dict()
+        # likewise the decode thresholds: stored only when they differ from the defaults
+        if self.min_cell_shape != DEFAULT_MIN_CELL_SHAPE:
+            state["min_cell_shape"] = self.min_cell_shape
+        if self.max_length != DEFAULT_MAX_LENGTH:
+            state["max_length"] = self.max_length
         return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> CrystalCodec:
-        codec = cls(int(state["max_atoms"]), state["elements"])
+        codec = cls(
+            int(state["max_atoms"]),
+            state["elements"],
+            min_cell_shape=float(state.get("min_cell_shape", DEFAULT_MIN_CELL_SHAPE)),
+            max_length=float(state.get("max_length", DEFAULT_MAX_LENGTH)),
+        )
         codec.lattice_mean = np.asarray(state["lattice_mean"], dtype=np.float64)
         codec.lattice_std = np.asarray(state["lattice_std"], dtype=np.float64)
         codec.conditioner = ConditionScaler.from_state(state.get("condition"))
@@ -252,36 +281,41 @@ class CrystalCodec:
     def _decode_one(
         self, b: int, types: np.ndarray, frac: np.ndarray, lattice: np.ndarray
     ) -> Structure | DecodeFailure:
-        if not (np.all(np.isfinite(types)) and np.all(np.isfinite(frac)) and np.all(np.isfinite(lattice))):
+        if not np.all(np.isfinite(types)):
             return DecodeFailure("non-finite values", b)
         cls = types.argmax(axis=-1)
         filled = np.nonzero(cls > 0)[0]
         if filled.size == 0:
             return DecodeFailure("empty cell: every slot decoded as empty", b)
+        # the atom types are known from here on: a failure keeps them, so its composition is still scored
+        species = tuple(self.elements[c - 1] for c in cls[filled])
+        if not (np.all(np.isfinite(frac)) and np.all(np.isfinite(lattice))):
+            return DecodeFailure("non-finite values", b, species)
         log_lengths, angles = lattice[:3], lattice[3:]
-        if np.any(log_lengths > math.log(1e4)):
-            return DecodeFailure(f"lattice length too large: {np.exp(log_lengths).max():.3g} A", b)
+        if np.any(log_lengths > math.log(self.max_length)):
+            return DecodeFailure(f"lattice length too large: {np.exp(log_lengths).max():.3g} A", b, species)
         lengths = np.exp(log_lengths)
         if np.any(angles <= 0) or np.any(angles >= 180):
-            return DecodeFailure(f"lattice angle outside (0, 180): {np.round(angles, 2).tolist()}", b)
+            angle_list = np.round(angles, 2).tolist()
+            return DecodeFailure(f"lattice angle outside (0, 180): {angle_list}", b, species)
         try:
             lat = Lattice.from_parameters(*lengths, *angles)
             volume = lat.volume
         except Exception as err:  # pymatgen raises several types for impossible cells
-            return DecodeFailure(f"invalid lattice: {err}", b)
+            return DecodeFailure(f"invalid lattice: {err}", b, species)
         if not np.isfinite(volume) or volume <= 0:
-            return DecodeFailure(f"non-positive cell volume for angles {np.round(angles, 2).tolist()}", b)
-        if volume < _MIN_CELL_SHAPE * float(np.prod(lengths)):
+            angle_list = np.round(angles, 2).tolist()
+            return DecodeFailure(f"non-positive cell volume for angles {angle_list}", b, species)
+        if volume < self.min_cell_shape * float(np.prod(lengths)):
             # V / (abc) near 0: the three vectors are almost coplanar; no crystal, and pymatgen's distance
             # routines fail on the near-singular matrix.
             shape = volume / np.prod(lengths)
-            return DecodeFailure(f"degenerate (nearly flat) cell: V/(abc) = {shape:.2e}", b)
-        species = [self.elements[c - 1] for c in cls[filled]]
+            return DecodeFailure(f"degenerate (nearly flat) cell: V/(abc) = {shape:.2e}", b, species)
         coords = np.mod(frac[filled], 1.0)
         try:
-            return Structure(lat, species, coords)
+            return Structure(lat, list(species), coords)
         except Exception as err:
-            return DecodeFailure(f"pymatgen could not build the structure: {err}", b)
+            return DecodeFailure(f"pymatgen could not build the structure: {err}", b, species)
 
 
 def _to_numpy(x: Any) -> np.ndarray:

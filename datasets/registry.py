@@ -79,6 +79,9 @@ class DatasetSpec:
         property_columns: numeric property columns documented for the files (besides ``property``).
         builtin: True for datasets built in code (no file, no download).
         builtin_splits: split names of a built-in dataset.
+        elements: the chemical elements of all splits, stated where there are few (Carbon-24: ``("C",)``);
+            None where not stated. The board uses it to tell that composition metrics do not apply to old
+            records (:mod:`bench.applicability`).
     """
 
     name: str
@@ -92,6 +95,7 @@ class DatasetSpec:
     property_columns: tuple[str, ...] = ()
     builtin: bool = False
     builtin_splits: tuple[str, ...] = ()
+    elements: tuple[str, ...] | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -211,6 +215,7 @@ REGISTRY: dict[str, DatasetSpec] = {
             "2020.0026/v1 (open access, normally CC BY 4.0)"
         ),
         property_columns=("energy_per_atom",),
+        elements=("C",),
     ),
     "mp_20": DatasetSpec(
         name="mp_20",

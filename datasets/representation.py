@@ -47,10 +47,16 @@ _MEMBERS = (
 
 @dataclass(frozen=True)
 class DecodeFailure:
-    """A generated item that could not be turned into a crystal, with the reason (kept, never dropped)."""
+    """A generated item that could not be turned into a crystal, with the reason (kept, never dropped).
+
+    ``species`` holds the element of every site the item decoded to when they are known (e.g. the lattice
+    was degenerate but the atom types were fine): its composition is still scored, as CDVAE reads the
+    composition from the atom types whatever the lattice. Empty when unknown.
+    """
 
     reason: str
     index: int = -1
+    species: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:  # a failure is falsy, so ``if structure:`` reads naturally
         return False

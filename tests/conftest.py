@@ -11,7 +11,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _find_shared_datasets() -> Path | None:
-    """The offline copy of the public datasets: $MATGENBENCH_DATA_DIR, else ../shared/datasets beside the checkout."""
+    """The offline copy of the public datasets: $MATGENBENCH_DATA_DIR, else ../shared/datasets beside the
+    checkout."""
     env = os.environ.get("MATGENBENCH_DATA_DIR")
     if env and Path(env).is_dir():
         return Path(env)
@@ -24,7 +25,9 @@ def data_dir() -> Path:
     """Directory laid out as ``<dataset>/<split>.csv``; skips the test when no offline copy is present."""
     path = _find_shared_datasets()
     if path is None:
-        pytest.skip("no offline dataset copy: set MATGENBENCH_DATA_DIR to a folder of <dataset>/<split>.csv files")
+        pytest.skip(
+            "no offline dataset copy: set MATGENBENCH_DATA_DIR to a folder of <dataset>/<split>.csv files"
+        )
     return path
 
 

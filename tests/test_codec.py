@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from bench.datasets.codec import CrystalCodec, DecodeFailure
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
-
-from bench.datasets.codec import CrystalCodec, DecodeFailure
 
 
 def _perovskite(a: float = 3.9) -> Structure:
@@ -96,6 +95,8 @@ def test_nearly_flat_cell_is_a_failure() -> None:
     flat = Structure(Lattice.from_parameters(4, 4, 4, 90, 90, 179.99), ["Sr"], [[0, 0, 0]])
     batch = codec.encode([_perovskite()])
     lat = np.array([*np.log(flat.lattice.abc), *flat.lattice.angles])
-    batch["lattice"][0] = torch.from_numpy(((lat - codec.lattice_mean) / codec.lattice_std).astype(np.float32))
+    batch["lattice"][0] = torch.from_numpy(
+        ((lat - codec.lattice_mean) / codec.lattice_std).astype(np.float32)
+    )
     (out,) = codec.decode(batch)
     assert isinstance(out, DecodeFailure) and "degenerate" in out.reason

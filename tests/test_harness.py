@@ -14,7 +14,9 @@ import pytest
 from bench.config import compose, config_hash
 from bench.records import load_records
 
-TINY = ["model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"]
+TINY = [
+    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"
+]
 
 
 def _cfg(tmp_path: Path, *overrides: str):
@@ -64,7 +66,9 @@ def test_sampling_is_reproducible_from_the_checkpoint(tmp_path: Path) -> None:
     first = Path(sample(cfg)["path"]).read_text()
     second = Path(sample(cfg)["path"]).read_text()
     assert first == second
-    other = Path(sample(_cfg(tmp_path, "model=ddpm", "model.module.sampler.steps=5", "sample.seed=99"))["path"])
+    other = Path(
+        sample(_cfg(tmp_path, "model=ddpm", "model.module.sampler.steps=5", "sample.seed=99"))["path"]
+    )
     assert other.read_text() != first
     # the run's own sampler keeps the model's variant; another sampler is a variant of its own on the board
     assert sample(cfg)["variant"] == "ddpm-eps-cosine"
@@ -88,6 +92,7 @@ def test_a_crash_writes_a_failed_record(tmp_path: Path) -> None:
 
 def test_evaluate_scores_external_samples(tmp_path: Path) -> None:
     from bench.datasets import tiny_structures
+
     from bench.evaluate import evaluate
 
     external = tmp_path / "theirs.csv"

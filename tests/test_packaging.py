@@ -1,4 +1,5 @@
-"""The distribution installs one import root, ``bench``: models/ and datasets/ live under it, configs ship inside."""
+"""The distribution installs one import root, ``bench``: models/ and datasets/ live under it, configs ship
+inside."""
 
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+from bench.datasets.codec import DecodeFailure
 from pymatgen.core import Lattice, Structure
 
-from bench.datasets.codec import DecodeFailure
 from bench.io_utils import atomic_write_json
 from bench.leaderboard import render_markdown, write_board
 from bench.records import ResultRecord, load_records, provenance, record_path, write_record
@@ -21,8 +21,11 @@ def _record(seed: int, valid: float, status: str = "complete", reason: str | Non
         model="vae", family="vae", variant="vae-gaussian", dataset="perov_5",
         split_protocol="train=val,eval=test (offline)", split={"id": "train-val_eval-test"}, seed=seed,
         status=status, reason=reason,
-        metrics={"valid": {"value": valid, "direction": "max"}, "wdist_density": {"value": 0.5, "direction": "min"}},
-        cost={"train_seconds": 10.0, "samples_per_second": 100.0, "parameters": 1000}, config_hash="abcdef0123456789",
+        metrics={
+            "valid": {"value": valid, "direction": "max"}, "wdist_density": {"value": 0.5, "direction": "min"}
+        },
+        cost={"train_seconds": 10.0, "samples_per_second": 100.0, "parameters": 1000},
+        config_hash="abcdef0123456789",
     )
 
 
@@ -113,9 +116,8 @@ def test_extxyz_and_cdvae_tensors(tmp_path: Path) -> None:
 
     nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
     pytest.importorskip("ase")
-    from pymatgen.io.ase import AseAtomsAdaptor
-
     from ase.io import write as ase_write
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     ase_write(str(tmp_path / "s.extxyz"), [AseAtomsAdaptor.get_atoms(nacl)] * 2, format="extxyz")
     sample_set = read_samples(tmp_path / "s.extxyz")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bench.datasets import tiny_structures
 
 from bench.config import compose
-from bench.datasets import tiny_structures
 from bench.references import random_crystals, reference_samples, score_reference
 
 

@@ -115,7 +115,8 @@ def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
 
     result = _cli(tmp_path, "run", "-m", "model=vae,no_such_model")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0
-    names = ", ".join(sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml")))
+    model_dir = Path(__file__).resolve().parents[1] / "conf" / "model"
+    names = ", ".join(sorted(p.stem for p in model_dir.glob("*.yaml")))
     assert f"unknown model 'no_such_model'; choose one of: {names}" in result.stderr
 
     result = _cli(tmp_path, "run", "dataset=no_such_data")

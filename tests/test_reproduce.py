@@ -1,4 +1,5 @@
-"""``matgenbench reproduce``: a cheap record re-run end to end, tolerances, refusals, and the published comparison."""
+"""``matgenbench reproduce``: a cheap record re-run end to end, tolerances, refusals, and the published
+comparison."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from bench.reproduce import (
     tolerance,
 )
 
-TINY = ["model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"]
+TINY = [
+    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,9 @@ def tiny_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     tmp = tmp_path_factory.mktemp("original")
     cfg = compose([
-        "dataset=tiny", "model=vae", "logger=none", "trainer.max_steps=6", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=12", "sample.batch_size=5", "seed=1",
+        "dataset=tiny", "model=vae", "logger=none", "trainer.max_steps=6",
+        "trainer.enable_progress_bar=false", "train.batch_size=8",
+        "sample.num_samples=12", "sample.batch_size=5", "seed=1",
         f"paths.output_dir={tmp / 'outputs'}", f"paths.results_dir={tmp / 'results'}",
         f"paths.leaderboard_dir={tmp / 'board'}", "record.regenerate_board=false", *TINY,
     ])
@@ -120,7 +124,8 @@ def test_published_comparison_states_protocol_differences(tiny_record: Path, tmp
         data["metrics"]["struct_valid"]["value"] = 0.9 + 0.02 * seed
 
     for seed in (0, 1):
-        _edited(tiny_record, tmp_path, lambda d, s=seed: as_perov(d, s)).rename(results / "perov_5" / f"r{seed}.json")
+        edited = _edited(tiny_record, tmp_path, lambda d, s=seed: as_perov(d, s))
+        edited.rename(results / "perov_5" / f"r{seed}.json")
     [comp] = compare_published(results, "cdvae")
     assert comp.dataset == "perov_5" and "struct_valid" in comp.metrics
     [ours] = comp.ours

@@ -4,7 +4,9 @@ For every metric a row holds the per-seed values, their mean, sample standard de
 interval of the mean (Student-t below 10 seeds, percentile bootstrap from 10 on, undefined with a single
 seed: :mod:`bench.leaderboard.stats`), plus mean costs. Every metric, ``vun_rate`` included, is read from the
 records as the metric suite stored it; nothing is derived here.
-Runs that failed or do not apply become rows of their own with the reason, so nothing disappears.
+Runs that failed or do not apply become rows of their own with the reason, so nothing disappears. A metric
+that does not apply to the reference data (composition metrics on a single-element dataset,
+:mod:`bench.applicability`) gets no mean, only its reason: it is never a tie at 0.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.applicability import record_not_applicable
 from bench.leaderboard.stats import bootstrap_ci, compare, finite_values, mean_ci
 from bench.records import ResultRecord
 
@@ -101,6 +104,9 @@ class MetricSummary:
     description: str = ""
     ci_method: str | None = None
     """How ``ci`` was computed: ``"t"`` (Student-t), ``"bootstrap"``, or None when undefined."""
+    not_applicable: str | None = None
+    """Why the metric does not apply to this row's reference data (:mod:`bench.applicability`); the mean is
+    then None and the board shows "n/a" with this reason. None when it applies."""
 
     @property
     def n(self) -> int:
@@ -246,6 +252,17 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
     for name in names:
         entries = [r.metrics[name] for r in records if name in r.metrics]
         description = next((str(e["description"]) for e in entries if e.get("description")), "")
+        # decided from the reference data, for records written before the suite stored it too
+        reason = next(
+            (x for r in records if name in r.metrics
+             if (x := record_not_applicable(name, r.metrics[name], r.dataset)) is not None),
+            None,
+        )
+        if reason is not None:
+            row.metrics[name] = MetricSummary(
+                name, _direction(entries, name), (), None, None, None, description, None, reason
+            )
+            continue
         row.metrics[name] = summarize(
             name,
             _direction(entries, name),

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DASH",
+    "NA",
     "arrow",
     "fmt_value",
     "fmt_mean_std",
@@ -23,6 +24,8 @@ __all__ = [
 ]
 
 DASH = "–"
+NA = "n/a"
+"""Shown for a metric that does not apply to the reference data (with its reason), never a number."""
 
 
 def arrow(direction: str) -> str:

@@ -22,6 +22,7 @@ from bench.leaderboard.aggregate import (
 from bench.leaderboard.board import Board
 from bench.leaderboard.format import (
     DASH,
+    NA,
     arrow,
     fmt_ci,
     fmt_mean_std,
@@ -69,6 +70,7 @@ table.board tbody tr:nth-child(even) { background: #fafafa; }
 td .m { display: block; white-space: nowrap; } td .ci { display: block; font-size: 11px; color: var(--muted);
         white-space: nowrap; }
 td.best { background: var(--best); font-weight: 600; }
+td.na { color: var(--muted); } td.na .ci { white-space: normal; min-width: 9em; }
 tr.kind-reference td { color: #555; font-style: italic; }
 tr.status-failed td, tr.status-not_applicable td, tr.status-running td { color: #8a1f11; }
 .badge { display: inline-block; font-size: 10.5px; font-style: normal; padding: 0 6px; border-radius: 9px;
@@ -165,6 +167,10 @@ def _td(key: str, value: str, content: str, *, cls: str = "", title: str = "") -
 
 def _metric_td(row: Row, name: str, best: bool, reported: bool = False) -> str:
     summary = row.metrics.get(name)
+    if summary is not None and summary.not_applicable:
+        reason = escape(summary.not_applicable)
+        content = f'<span class="m">{NA}</span><span class="ci">{reason}</span>'
+        return _td(name, "", content, cls="na", title=summary.not_applicable)
     if summary is None or summary.mean is None:
         return _td(name, "", DASH)
     main = escape(fmt_mean_std(summary, reported=reported))
@@ -345,7 +351,13 @@ def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
             )
         parts.append('<div class="plots">')
         ordered = sorted(runs, key=lambda r: (r.family, r.name.lower()))
+        not_applicable: dict[str, list[str]] = defaultdict(list)
         for name in metric_columns(runs):
+            reason = next((r.metrics[name].not_applicable for r in runs
+                           if name in r.metrics and r.metrics[name].not_applicable), None)
+            if reason is not None:  # no flat panel of zeros: the metric says nothing here
+                not_applicable[reason].append(name)
+                continue
             bars = []
             for r in ordered:
                 s = r.metrics.get(name)
@@ -366,6 +378,10 @@ def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
             )
             parts.append(bars_svg(name, direction, bars, colors, refs=ref_lines, description=description))
         parts.append("</div>")
+        for reason, names in not_applicable.items():
+            parts.append(
+                f'<p class="note">Not plotted, n/a ({escape(reason)}): {escape(", ".join(names))}.</p>'
+            )
     return "".join(parts)
 
 
@@ -387,6 +403,9 @@ def _legend() -> str:
         "<i>reference</i> rows are baselines scored by the same metric suite; <i>external</i> rows are "
         "someone "
         "else's samples scored here. Failed or not-applicable runs stay on the board with their reason.",
+        "<i>n/a</i>: the metric does not apply to the dataset, with the reason under it (composition "
+        "metrics on single-element data such as Carbon-24, where every model would score 0); it is neither "
+        "ranked nor plotted.",
         f"<i>Reported, not re-run</i>: numbers copied from {escape(meta['short_citation'])}, "
         "on their protocol "
         f"({escape(meta['protocol'])}).",

@@ -10,6 +10,7 @@ from bench.leaderboard.aggregate import Row, best_per_column, metric_columns
 from bench.leaderboard.board import Board, board_from_records, collect
 from bench.leaderboard.format import (
     DASH,
+    NA,
     arrow,
     fmt_ci,
     fmt_mean_std,
@@ -53,6 +54,8 @@ def _legend() -> list[str]:
         "numbers.",
         "- Cost columns are means over seeds: parameters, training seconds, generated structures per second.",
         "- Failed or not-applicable runs are listed with their reason instead of disappearing.",
+        "- `n/a`: the metric does not apply to the dataset, with the reason below it (composition metrics "
+        "on single-element data such as Carbon-24, where every model would score 0); never ranked or tied.",
         f"- *Reported, not re-run*: numbers copied from {meta['short_citation']} ({meta['url']}); "
         f"protocol: {meta['protocol']}.",
     ]
@@ -67,6 +70,8 @@ def _header(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
 
 def _metric_cell(row: Row, name: str, bold: bool) -> str:
     summary = row.metrics.get(name)
+    if summary is not None and summary.not_applicable:
+        return f"{NA}<br><sub>{_cell(summary.not_applicable)}</sub>"
     if summary is None or summary.mean is None:
         return DASH
     main = fmt_mean_std(summary)

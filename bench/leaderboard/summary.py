@@ -22,7 +22,10 @@ from bench.leaderboard.aggregate import QUALITY_METRIC, MetricSummary, Row, rank
 from bench.leaderboard.format import fmt_rate, fmt_seconds, fmt_value
 from bench.leaderboard.stats import ALPHA, MIN_BOOTSTRAP_SEEDS, MIN_DISPLAY_UNITS, Comparison, compare
 
-__all__ = ["HEADLINE_METRICS", "Finding", "findings", "cost_lines", "fmt_p", "summary_markdown"]
+__all__ = [
+    "HEADLINE_METRICS", "Finding", "findings", "cost_lines", "fmt_p", "not_applicable_lines",
+    "summary_markdown",
+]
 
 HEADLINE_METRICS = (
     "valid", QUALITY_METRIC, "unique", "novel", "cov_recall", "cov_precision", "wdist_density",
@@ -108,6 +111,25 @@ def findings(rows: Sequence[Row], metrics: Sequence[str] = HEADLINE_METRICS) -> 
     return out
 
 
+def not_applicable_lines(
+    rows: Sequence[Row], metrics: Sequence[str] = HEADLINE_METRICS
+) -> dict[str, list[str]]:
+    """Per protocol, one line per reason for the headline metrics that do not apply (no leader, no tie)."""
+    by_protocol: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for row in (r for r in rows if r.is_rerun):
+        for metric in metrics:
+            summary = row.metrics.get(metric)
+            if summary is None or not summary.not_applicable:
+                continue
+            names = by_protocol[row.protocol][summary.not_applicable]
+            if metric not in names:
+                names.append(metric)
+    return {
+        protocol: [f"**{', '.join(names)}**: n/a ({reason}); no leader." for reason, names in reasons.items()]
+        for protocol, reasons in by_protocol.items()
+    }
+
+
 def cost_lines(rows: Sequence[Row]) -> list[str]:
     """Per competing row: parameters, training seconds and steps, sampling throughput."""
     lines = []
@@ -131,6 +153,7 @@ def summary_markdown(rows: Sequence[Row], dataset: str) -> list[str]:
     found = findings(mine)
     if not found:
         return []
+    not_applicable = not_applicable_lines(mine)
     lines = [
         "Computed from the rows above on every build: leader vs runner-up with 95% intervals of the mean "
         f"(Student-t below {MIN_BOOTSTRAP_SEEDS} seeds, bootstrap from there on). A lead holds only when "
@@ -143,6 +166,7 @@ def summary_markdown(rows: Sequence[Row], dataset: str) -> list[str]:
         if len(protocols) > 1:
             lines += [f"*{protocol}*", ""]
         lines += [f"- {f.sentence()}" for f in found if f.protocol == protocol]
+        lines += [f"- {line}" for line in not_applicable.get(protocol, [])]
         lines.append("")
     costs = cost_lines(mine)
     if costs:

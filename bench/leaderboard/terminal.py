@@ -1,8 +1,19 @@
-"""The board in a terminal: ``matgenbench leaderboard show [--dataset D] [--sort METRIC]``."""
+"""The board in a terminal: ``matgenbench leaderboard show [--dataset D] [--protocol P] [--sort METRIC]
+[--metrics M,...|all]``.
+
+Readable from 80 columns up: by default only the headline metrics (:data:`SHOW_METRICS`) are shown, each row
+has a short distinct label (:func:`row_label`: the variant, which names the model and any sampler, e.g.
+``ddpm-eps-cosine+ddim-50``), protocols are named by their short id (:func:`short_protocol`), and when the
+table is wider than the terminal the layout sheds detail in a fixed order (intervals, then the family and
+cost columns, then the standard deviations) and says what it hid.
+"""
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich import box
@@ -11,21 +22,37 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from bench.leaderboard.aggregate import COST_DIRECTIONS, Row, best_per_column, metric_columns
+from bench.leaderboard.aggregate import (
+    COST_DIRECTIONS,
+    QUALITY_METRIC,
+    Row,
+    best_per_column,
+    metric_columns,
+)
 from bench.leaderboard.board import Board, collect
 from bench.leaderboard.format import (
     DASH,
+    NA,
     arrow,
     fmt_ci,
     fmt_mean_std,
     fmt_params,
     fmt_rate,
     fmt_seconds,
+    fmt_value,
     truncate,
 )
 from bench.leaderboard.published import published_meta
 
-__all__ = ["show", "board_tables", "sort_keys", "sorted_rows"]
+__all__ = [
+    "SHOW_METRICS", "board_tables", "row_label", "row_labels", "short_protocol", "show", "sort_keys",
+    "sorted_rows",
+]
+
+SHOW_METRICS = (
+    "valid", QUALITY_METRIC, "cov_recall", "cov_precision", "wdist_density", "jsd_spacegroup",
+)
+"""The metrics ``leaderboard show`` prints unless ``--metrics`` says otherwise (``all``: every metric)."""
 
 
 def sort_keys(rows: Sequence[Row]) -> dict[str, str]:
@@ -51,83 +78,179 @@ def sorted_rows(rows: Sequence[Row], key: str, direction: str) -> list[Row]:
     return competing + beside + rest
 
 
-def _metric_text(row: Row, name: str, best: bool, reported: bool, ci: bool = True) -> Text:
+def short_protocol(row: Row) -> str:
+    """A protocol's short id: the experiment and the sample count (``perov_5_offline n1000``), or the id."""
+    pid = row.protocol_id
+    if pid.startswith("published:"):
+        return "published"
+    name, _, rest = pid.partition("__")
+    count = re.search(r"_n(\d+)$", rest)
+    return f"{name} n{count.group(1)}" if count else name
+
+
+def row_label(row: Row) -> str:
+    """A short label: the variant (it names the model, and the sampler after ``+``) for runs, the model for
+    references and published rows; ``model/variant`` when the variant does not start with the model's name."""
+    if row.kind == "reference":
+        return f"{row.model} (ref)"
+    if row.kind == "published" or row.variant in ("", row.model):
+        return row.model
+    stem = row.model.replace("_", "-").lower()
+    named = row.variant.replace("_", "-").lower().startswith(stem)
+    label = row.variant if named else f"{row.model}/{row.variant}"
+    return f"{label} (ext)" if row.kind == "external" else label
+
+
+def row_labels(rows: Sequence[Row], *, protocol_column: bool = False) -> list[str]:
+    """:func:`row_label` of each row, made distinct within ``rows``: rows that share a label are told apart by
+    their protocol (unless a protocol column does it), then their status, then a number."""
+    labels = [row_label(r) for r in rows]
+    extras = [
+        (lambda r: "") if protocol_column else short_protocol,
+        lambda r: "" if r.status == "complete" else r.status.replace("_", " "),
+    ]
+    for extra in extras:
+        groups: dict[str, set[str]] = {}
+        for label, r in zip(labels, rows, strict=True):
+            groups.setdefault(label, set()).add(extra(r))
+        labels = [
+            f"{label} [{extra(r)}]" if len(groups[label]) > 1 and extra(r) else label
+            for label, r in zip(labels, rows, strict=True)
+        ]
+    seen: Counter[str] = Counter()
+    out = []
+    for label in labels:
+        seen[label] += 1
+        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
+    return out
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How much detail a table shows; :data:`_LAYOUTS` goes from the most to the least."""
+
+    ci: bool = True
+    extras: bool = True  # family and cost columns
+    std: bool = True
+    narrow: bool = False  # metric headers broken after each "_", labels folded
+    note: str = ""
+
+
+_LAYOUTS = (
+    _Layout(),
+    _Layout(ci=False, note="confidence intervals"),
+    _Layout(ci=False, extras=False, note="confidence intervals, family and cost columns"),
+    _Layout(ci=False, extras=False, std=False,
+            note="confidence intervals, family and cost columns, standard deviations (means only)"),
+    _Layout(ci=False, extras=False, std=False, narrow=True,
+            note="confidence intervals, family and cost columns, standard deviations (means only)"),
+)
+
+
+def _header(name: str, direction: str, narrow: bool) -> str:
+    """``name ↑``; narrow: one line per ``_``-part and the arrow below (``cov_`` / ``precision`` / ``↑``)."""
+    if narrow:
+        return name.replace("_", "_\n") + f"\n{arrow(direction)}"
+    return f"{name} {arrow(direction)}"
+
+
+def _metric_text(row: Row, name: str, best: bool, reported: bool, layout: _Layout) -> Text:
     summary = row.metrics.get(name)
+    if summary is not None and summary.not_applicable:
+        return Text(NA, style="dim")
     if summary is None or summary.mean is None:
         return Text(DASH, style="dim")
-    text = Text(fmt_mean_std(summary, reported=reported), style="bold" if best else "")
-    if ci and not reported:
+    main = fmt_mean_std(summary, reported=reported) if layout.std else fmt_value(summary.mean)
+    text = Text(main, style="bold" if best else "")
+    if layout.ci and not reported:
         text.append("\n" + (fmt_ci(summary) if summary.ci is not None else "(1 seed)"), style="dim")
     return text
 
 
+def _table(title: str) -> Table:
+    return Table(
+        title=title, title_justify="left", header_style="bold", caption_justify="left", box=box.SIMPLE_HEAD,
+        pad_edge=False, collapse_padding=True,
+    )
+
+
 def _own_table(
-    dataset: str, rows: Sequence[Row], sort: str | None, columns: Sequence[str], ci: bool = True
+    dataset: str, rows: Sequence[Row], sort: str | None, columns: Sequence[str], layout: _Layout
 ) -> Table:
     best = best_per_column(rows, columns)
     directions = sort_keys(rows)
-    protocols = {r.protocol for r in rows}
+    protocols = sorted({short_protocol(r) for r in rows})
+    official = {bool(r.official) for r in rows}
     title = dataset
     if len(protocols) == 1:  # one protocol: say it once in the title instead of a column
-        title += f" — protocol: {next(iter(protocols))}"
+        title += f" — {protocols[0]}" + ("" if official == {True} else " (not official)")
     if sort:
         title += f" — sorted by {sort} {arrow(directions[sort])}"
-    table = Table(
-        title=title, title_justify="left", header_style="bold", caption_justify="left", box=box.SIMPLE_HEAD
-    )
-    table.add_column("model", min_width=10)
-    table.add_column("family")
+    table = _table(title)
+    table.add_column("model", no_wrap=not layout.narrow, overflow="fold")
+    if layout.extras:
+        table.add_column("family", no_wrap=True)
     if len(protocols) > 1:
-        table.add_column("protocol", overflow="fold")
+        table.add_column("protocol", no_wrap=True)
     table.add_column("seeds", justify="right")
     for name in columns:
-        table.add_column(f"{name} {arrow(directions[name])}", justify="right", min_width=7)
-    for head in ("params", "train s", "samples/s"):
-        table.add_column(head, justify="right")
-    table.add_column("status")
+        table.add_column(_header(name, directions[name], layout.narrow), justify="right", no_wrap=True)
+    if layout.extras:
+        for head in ("params", "train s", "samples/s"):
+            table.add_column(head, justify="right", no_wrap=True)
+    # narrow layouts name a row's status in its label instead of a column
+    show_status = layout.extras and any(r.status != "complete" for r in rows)
+    if show_status:
+        table.add_column("status", no_wrap=True)
     notes: list[str] = []
-    for i, row in enumerate(rows):
-        name = Text(row.name)
-        if row.kind != "run":
-            name.append(f" ({row.kind})", style="italic dim")
-        if row.status == "complete":
-            status = Text("complete")
-        else:  # reasons are long: a numbered note under the table keeps the columns readable
-            notes.append(f"[{len(notes) + 1}] {row.name}, {row.status}: {truncate(row.reason or '', 300)}")
-            status = Text(f"{row.status} [{len(notes)}]", style="red")
+    labels = row_labels(rows, protocol_column=len(protocols) > 1)
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        status = Text("complete")
+        if row.status != "complete":  # reasons are long: a numbered note under the table
+            notes.append(f"[{len(notes) + 1}] {label}, {row.status}: {truncate(row.reason or '', 300)}")
+            status = Text(f"{row.status.replace('_', ' ')} [{len(notes)}]", style="red")
+            if not show_status:  # the status goes into the label: "diffcsp [failed 1]"
+                tag = f" [{row.status.replace('_', ' ')}]"
+                label = label.removesuffix(tag) + f"{tag[:-1]} {len(notes)}]"
         table.add_row(
-            name,
-            row.family,
-            *([row.protocol] if len(protocols) > 1 else []),
+            Text(label),
+            *([row.family] if layout.extras else []),
+            *([short_protocol(row)] if len(protocols) > 1 else []),
             str(len(row.seeds)) if row.status == "complete" else DASH,
-            *[_metric_text(row, m, i in best.get(m, set()), False, ci) for m in columns],
-            fmt_params(row.cost.get("parameters")),
-            fmt_seconds(row.cost.get("train_seconds")),
-            fmt_rate(row.cost.get("samples_per_second")),
-            status,
+            *[_metric_text(row, m, i in best.get(m, set()), False, layout) for m in columns],
+            *((fmt_params(row.cost.get("parameters")), fmt_seconds(row.cost.get("train_seconds")),
+               fmt_rate(row.cost.get("samples_per_second"))) if layout.extras else ()),
+            *([status] if show_status else []),
             style="italic" if row.kind == "reference" else None,
         )
+    na: dict[str, list[str]] = {}  # reason -> metrics, said once under the table
+    for row in rows:
+        for m in columns:
+            summary = row.metrics.get(m)
+            if summary is None or not summary.not_applicable:
+                continue
+            names = na.setdefault(summary.not_applicable, [])
+            if m not in names:
+                names.append(m)
+    notes += [f"n/a ({', '.join(names)}): {reason}" for reason, names in na.items()]
     if notes:
         table.caption = "\n".join(notes)
     return table
 
 
-def _published_table(dataset: str, rows: Sequence[Row], columns: Sequence[str]) -> Table:
+def _published_table(dataset: str, rows: Sequence[Row], columns: Sequence[str], layout: _Layout) -> Table:
     directions = sort_keys(rows)
     meta = published_meta()
-    table = Table(
-        title=f"{dataset}: reported, not re-run ({meta['short_citation']}; {meta['protocol']})",
-        title_justify="left",
-        header_style="bold",
-        style="dim",
-        box=box.SIMPLE_HEAD,
-    )
-    table.add_column("model")
-    table.add_column("family")
+    table = _table(f"{dataset}: reported, not re-run ({meta['short_citation']}; {meta['protocol']})")
+    table.style = "dim"
+    table.add_column("model", no_wrap=not layout.narrow, overflow="fold")
+    if layout.extras:
+        table.add_column("family", no_wrap=True)
     for name in columns:
-        table.add_column(f"{name} {arrow(directions[name])}", justify="right")
-    for row in rows:
-        table.add_row(row.name, row.family, *[_metric_text(row, m, False, True) for m in columns])
+        table.add_column(_header(name, directions[name], layout.narrow), justify="right", no_wrap=True)
+    for row, label in zip(rows, row_labels(rows), strict=True):
+        table.add_row(label, *([row.family] if layout.extras else []),
+                      *[_metric_text(row, m, False, True, layout) for m in columns])
     return table
 
 
@@ -141,6 +264,10 @@ def _columns(rows: Sequence[Row], metrics: Sequence[str] | None) -> list[str]:
     return present if metrics is None else [m for m in metrics if m in present]
 
 
+def _matches_protocol(row: Row, protocol: str) -> bool:
+    return protocol in (row.protocol_id, short_protocol(row), row.protocol_id.partition("__")[0])
+
+
 def board_tables(
     board: Board,
     dataset: str | None = None,
@@ -148,6 +275,8 @@ def board_tables(
     *,
     metrics: Sequence[str] | None = None,
     ci: bool = True,
+    protocol: str | None = None,
+    layout: _Layout | None = None,
 ) -> list[Table]:
     """Rich tables of ``board``: per dataset, our rows then the published ones.
 
@@ -158,17 +287,28 @@ def board_tables(
             ranked first, references after them, rows without a value last.
         metrics: Show only these metric columns, in this order (all when None).
         ci: Show the 95% confidence interval of the mean under each mean.
+        protocol: Only rows of this split protocol: its id, short id (:func:`short_protocol`) or experiment
+            name (``perov_5_offline``); published rows are left out then.
+        layout: How much detail (default: everything, or no intervals when ``ci`` is false).
 
     Raises:
-        ValueError: For a dataset not on the board, or a sort key or metric no row has; the message lists the
-            valid ones.
+        ValueError: For a dataset or protocol not on the board, or a sort key or metric no row has; the
+            message lists the valid ones.
     """
+    layout = layout or (_LAYOUTS[0] if ci else _LAYOUTS[1])
     datasets = board.datasets()
     if dataset is not None:
         if dataset not in datasets:
             raise ValueError(f"no rows for dataset {dataset!r}; datasets on the board: {datasets}")
         datasets = [dataset]
     shown = [r for r in board.rows if r.dataset in datasets]
+    if protocol is not None:
+        own = [r for r in shown if r.kind != "published"]
+        shown = [r for r in own if _matches_protocol(r, protocol)]
+        if not shown:
+            valid = sorted({short_protocol(r) for r in own})
+            raise ValueError(f"no rows for protocol {protocol!r}; protocols on the board: {valid}")
+        datasets = [d for d in datasets if any(r.dataset == d for r in shown)]
     keys = sort_keys(shown)
     if sort is not None and sort not in keys:
         raise ValueError(f"unknown sort key {sort!r}; valid keys: {sorted(keys)}")
@@ -178,14 +318,15 @@ def board_tables(
             raise ValueError(f"unknown metric(s) {unknown}; metrics on the board: {metric_columns(shown)}")
     tables = []
     for name in datasets:
-        own, published = board.own_rows(name), board.published_rows(name)
+        own = [r for r in shown if r.dataset == name and r.kind != "published"]
+        published = [] if protocol is not None else board.published_rows(name)
         if sort is not None:
             own, published = sorted_rows(own, sort, keys[sort]), sorted_rows(published, sort, keys[sort])
         if own:
             own_sort = sort if sort in sort_keys(own) else None
-            tables.append(_own_table(name, own, own_sort, _columns(own, metrics), ci))
+            tables.append(_own_table(name, own, own_sort, _columns(own, metrics), layout))
         if published and _columns(published, metrics):
-            tables.append(_published_table(name, published, _columns(published, metrics)))
+            tables.append(_published_table(name, published, _columns(published, metrics), layout))
     return tables
 
 
@@ -196,36 +337,54 @@ def show(
     console: Console | None = None,
     *,
     metrics: Sequence[str] | None = None,
+    protocol: str | None = None,
 ) -> list[Table]:
-    """Print the board of ``results_dir`` as rich tables.
+    """Print the board of ``results_dir`` as rich tables, as detailed as the console's width allows.
 
     Args:
         results_dir: Folder of result records.
         dataset: Only this dataset (all when None).
         sort: A metric name, or one of ``parameters``, ``train_seconds``, ``sample_seconds``,
-            ``samples_per_second``; rows are ordered best first according to its direction.
+            ``samples_per_second``; rows are ordered best first according to its direction (a metric not
+            among the shown ones is added to them).
         console: Where to print (a new ``rich`` console when None).
-        metrics: Show only these metric columns (all when None); narrow terminals want a few.
+        metrics: Show these metric columns; None: the headline metrics (:data:`SHOW_METRICS`) present on
+            the board; ``["all"]``: every metric.
+        protocol: Only rows of this split protocol (id, short id or experiment name).
 
     Returns:
         The printed tables.
 
     Raises:
-        ValueError: For an unknown dataset, sort key or metric, listing the valid ones.
+        ValueError: For an unknown dataset, protocol, sort key or metric, listing the valid ones.
     """
     board = collect(results_dir)
     console = console or Console()
-    tables = board_tables(board, dataset, sort, metrics=metrics)
-    if any(_natural_width(console, t) > console.width for t in tables):  # too wide: drop the CI lines
-        tables = board_tables(board, dataset, sort, metrics=metrics, ci=False)
-        console.print(
-            "Confidence intervals hidden: the terminal is too narrow (choose columns with metrics).",
-            style="dim",
-        )
+    chosen: list[str] | None
+    if metrics is None:
+        present = set(metric_columns(board.rows))
+        chosen = [m for m in SHOW_METRICS if m in present] or None
+    elif list(metrics) == ["all"]:
+        chosen = None
+    else:
+        chosen = list(metrics)
+    if chosen is not None and sort is not None and sort not in chosen and sort not in COST_DIRECTIONS:
+        chosen.append(sort)
+    tables: list[Table] = []
+    for layout in _LAYOUTS:  # the most detail that fits
+        tables = board_tables(board, dataset, sort, metrics=chosen, protocol=protocol, layout=layout)
+        if all(_natural_width(console, t) <= console.width for t in tables):
+            break
+    if layout.note:
+        console.print(f"Hidden to fit {console.width} columns: {layout.note}.", style="dim")
     if not board.n_records:
         console.print(f"No result records under {results_dir}: run `matgenbench run`.", style="yellow")
     for table in tables:
         console.print(table)
+    if metrics is None and chosen is not None:
+        console.print(
+            "Headline metrics only: --metrics all (or a comma-separated list) for others.", style="dim"
+        )
     if board.excluded:
         console.print(
             f"{len(board.excluded)} record file(s) left out (see the log or leaderboard/README.md).",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -55,7 +55,12 @@ class SampleRecord:
         return self.struct_valid and self.comp_valid and self.fingerprint_ok is not False
 
 
-def _record(index: int, item: Structure | None, validity: ValiditySettings) -> SampleRecord:
+def _record(
+    index: int,
+    item: Structure | None,
+    validity: ValiditySettings,
+    composition: Mapping[str, float] | None = None,
+) -> SampleRecord:
     construction = check_construction(item, validity.min_volume)
     struct = check_structure(
         item, validity.min_distance, validity.min_volume, validity.self_image, construction=construction
@@ -63,11 +68,17 @@ def _record(index: int, item: Structure | None, validity: ValiditySettings) -> S
     formula: str | None = None
     amounts: tuple[tuple[str, float], ...] = ()
     comp_valid, comp_reason = False, f"not_constructed: {construction.reason}"
-    if item is not None and len(item) > 0:
+    known = item is not None and len(item) > 0
+    if known or (item is None and composition):
         try:
-            element_comp = item.composition.element_composition
+            if known:
+                element_comp = item.composition.element_composition
+            else:  # not built, but its atoms are known (a decode failure of the lattice): CDVAE scores them
+                from pymatgen.core import Composition
+
+                element_comp = Composition(dict(composition)).element_composition
             amounts = tuple((el.symbol, float(n)) for el, n in element_comp.items())
-            formula = item.composition.reduced_formula
+            formula = item.composition.reduced_formula if known else element_comp.reduced_formula
         except Exception as err:  # e.g. dummy species without an element
             comp_reason = f"composition_error: {err}"
         else:
@@ -106,7 +117,9 @@ class GeneratedSet(Sequence[Structure | None]):
     """Generated items plus lazily computed, memoised per-item checks shared by every metric of a run.
 
     Composition validity is computed for every item that has sites, constructed or not, as CDVAE does
-    (its ``Crystal.get_composition`` reads the atom types even when the lattice failed).
+    (its ``Crystal.get_composition`` reads the atom types even when the lattice failed): a ``None`` item is
+    scored on its entry of ``compositions`` when one is given (a decode failure's atoms), else it is
+    comp-invalid (``not_constructed``).
 
     With ``validity.require_fingerprint`` the structure fingerprint of every struct- and comp-valid item is
     computed with the records (CDVAE counts an item whose fingerprint raises as invalid); fingerprints are
@@ -117,6 +130,8 @@ class GeneratedSet(Sequence[Structure | None]):
         validity: Validity conventions.
         progress: Show a progress bar for the per-structure loops.
         parallel: Worker pool settings for the per-structure fingerprints.
+        compositions: Per item, element amounts of an item that was not built (None elsewhere); aligned with
+            ``items``. None: no such information.
     """
 
     def __init__(
@@ -125,8 +140,12 @@ class GeneratedSet(Sequence[Structure | None]):
         validity: ValiditySettings | None = None,
         progress: bool = False,
         parallel: ParallelSettings | None = None,
+        compositions: Sequence[Mapping[str, float] | None] | None = None,
     ) -> None:
         self.items: list[Structure | None] = list(items)
+        if compositions is not None and len(compositions) != len(self.items):
+            raise ValueError(f"{len(compositions)} compositions for {len(self.items)} generated items")
+        self.compositions = list(compositions) if compositions is not None else [None] * len(self.items)
         self.validity = validity or ValiditySettings()
         self.progress = progress
         self.parallel = parallel or ParallelSettings()
@@ -146,8 +165,9 @@ class GeneratedSet(Sequence[Structure | None]):
         validity = validity or ValiditySettings()
         if isinstance(generated, GeneratedSet) and generated.validity == validity:
             return generated
-        items = generated.items if isinstance(generated, GeneratedSet) else generated
-        return cls(items, validity, progress, parallel)
+        if isinstance(generated, GeneratedSet):
+            return cls(generated.items, validity, progress, parallel, generated.compositions)
+        return cls(generated, validity, progress, parallel)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -167,7 +187,9 @@ class GeneratedSet(Sequence[Structure | None]):
         """One :class:`SampleRecord` per item (computed on first access)."""
         if self._records is None:
             bar = tqdm(self.items, desc="validity", unit="struct", disable=not self.progress, leave=False)
-            records = [_record(i, item, self.validity) for i, item in enumerate(bar)]
+            records = [
+                _record(i, item, self.validity, self.compositions[i]) for i, item in enumerate(bar)
+            ]
             if self.validity.require_fingerprint:
                 records = self._with_fingerprint_validity(records)
             self._records = records

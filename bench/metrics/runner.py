@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 
+from bench.applicability import COMPOSITION_METRICS, NOT_APPLICABLE, not_applicable_reason
 from bench.metrics.base import Metric, MetricReport, MetricResult, ReferenceSet
 from bench.metrics.cache import cache_path, cached
 from bench.metrics.generated import GeneratedSet
@@ -23,7 +24,7 @@ from bench.metrics.matching import build_matcher, matcher_params
 from bench.metrics.registry import build_metric
 from bench.metrics.settings import MetricSettings, settings_hash
 
-__all__ = ["package_versions", "run_metrics"]
+__all__ = ["package_versions", "reference_elements", "run_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,26 @@ def _reference_checksum(metric: Metric, reference: ReferenceSet) -> str | None:
     return hashlib.sha256(":".join(sums).encode()).hexdigest()[:16]
 
 
+def reference_elements(reference: ReferenceSet) -> list[str]:
+    """Distinct elements (symbols, sorted) of the reference's train and test structures."""
+    found: set[str] = set()
+    for structure in (*reference.train, *reference.test):
+        found.update(el.symbol for el in structure.composition.element_composition.elements)
+    return sorted(found)
+
+
+def _not_applicable_entry(metric: Metric, reason: str, n_elements: int) -> dict[str, Any]:
+    return {
+        "value": math.nan,  # written as null
+        "direction": metric.direction,
+        "description": metric.description,
+        "version": metric.version,
+        "status": NOT_APPLICABLE,
+        "reason": reason,
+        "n_reference_elements": n_elements,
+    }
+
+
 def _per_sample_column(values: Any) -> Any:
     """Float arrays holding only 0/1/NaN become nullable booleans; everything else is kept."""
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
@@ -129,6 +150,7 @@ def run_metrics(
     cfg: Mapping[str, Any] | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
+    compositions: Sequence[Mapping[str, float] | None] | None = None,
 ) -> MetricReport:
     """Score generated structures with the metrics named in ``cfg`` (default: all registered metrics).
 
@@ -142,6 +164,8 @@ def run_metrics(
         cfg: The ``metrics`` config mapping (``conf/metrics/default.yaml``); missing keys take the defaults.
         cache_dir: Root of the on-disk cache (files under ``<cache_dir>/metrics/``); None disables it.
         progress: Show progress bars for the slow per-structure loops.
+        compositions: Per generated item, the element amounts of an item that is ``None`` but whose atoms
+            are known (a decode failure); composition validity scores them, as CDVAE does.
 
     Returns:
         The report: metric values with direction and details, a per-sample table, counts and settings.
@@ -151,7 +175,10 @@ def run_metrics(
     for metric in metrics:
         if hasattr(metric, "progress"):  # metrics with slow reference-side loops show a bar in prepare()
             metric.progress = progress
-    gset = GeneratedSet(generated, settings.validity, progress=progress, parallel=settings.parallel)
+    gset = GeneratedSet(
+        generated, settings.validity, progress=progress, parallel=settings.parallel,
+        compositions=compositions or None,
+    )
     t0 = time.perf_counter()
     records = gset.records
     validity_seconds = time.perf_counter() - t0
@@ -159,7 +186,14 @@ def run_metrics(
     prepared_by_key: dict[tuple[str, str], Any] = {}
     results: dict[str, MetricResult] = {}
     entries: dict[str, dict[str, Any]] = {}
+    # composition metrics do not apply to single-element reference data (bench.applicability)
+    elements = reference_elements(reference) if COMPOSITION_METRICS & {m.name for m in metrics} else None
     for metric in metrics:
+        reason = not_applicable_reason(metric.name, elements)
+        if reason is not None:
+            entries[metric.name] = _not_applicable_entry(metric, reason, len(elements or ()))
+            logger.info("%s: not applicable (%s)", metric.name, reason)
+            continue
         prepare_name = getattr(metric, "prepare_key", metric.name)
         key_settings = {
             "version": metric.version,
@@ -187,6 +221,8 @@ def run_metrics(
         seconds = time.perf_counter() - t0
         results[metric.name] = result
         extra = {k: v for k, v in result.extra.items() if k != "per_sample_columns"}
+        if elements is not None and metric.name in COMPOSITION_METRICS:
+            extra["n_reference_elements"] = len(elements)
         entries[metric.name] = _jsonable(
             {
                 "value": float(result.value),

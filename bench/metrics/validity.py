@@ -1,7 +1,9 @@
 """Validity rates: ``struct_valid``, ``comp_valid`` and ``valid``, each a fraction over all generated items.
 
 Definitions: Xie et al. 2022, CDVAE, scripts/compute_metrics.py (``GenEval.get_validity``) with the per-item
-rules of scripts/eval_utils.py; unconstructed items (including ``None``) count as invalid.
+rules of scripts/eval_utils.py; unconstructed items (including ``None``) count as struct-invalid, and as
+comp-invalid unless their atoms are known (a decode failure's species, see
+:class:`bench.metrics.generated.GeneratedSet`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class CompValid(_ValidityRate):
     """Fraction of generated items whose composition passes CDVAE's SMACT rule."""
 
     name = "comp_valid"
-    version = "1.1"  # 1.1: Pauling test follows smact 2.2.1 on missing electronegativities
+    # 1.1: Pauling test follows smact 2.2.1 on missing electronegativities; 1.2: items whose lattice failed to
+    # decode are scored on their atom types (CDVAE's rule) instead of counting as comp-invalid
+    version = "1.2"
     flag = "comp_valid"
     description = (
         "fraction of generated items with a charge-neutral, electronegativity-consistent composition "
@@ -65,7 +69,9 @@ class Valid(_ValidityRate):
     ``validity.require_fingerprint``, have a computable CrystalNN fingerprint, as in CDVAE)."""
 
     name = "valid"
-    version = "1.1"  # 1.1: Pauling test follows smact 2.2.1 on missing electronegativities
+    # 1.1: as comp_valid; 1.2: with comp_valid 1.2 (the value cannot change: a decode failure is never
+    # struct_valid), bumped so a record says which comp_valid rule it was computed with
+    version = "1.2"
     flag = "valid"
     description = (
         "fraction of generated items that are both struct_valid and comp_valid and have a CrystalNN "
