@@ -303,7 +303,11 @@ def sampler_tag(sampler: Mapping[str, Any]) -> str:
     for key in sorted(sampler):
         if key in ("_target_", "steps") or (key in preset and sampler[key] == preset[key]):
             continue
-        parts.append(f"{key}{sampler[key]}")
+        value = sampler[key]
+        if isinstance(value, Mapping):  # per-field settings, e.g. anti_annealing.frac_coords10
+            parts.extend(f"{key}.{sub}{value[sub]}" for sub in sorted(value))
+        else:
+            parts.append(f"{key}{value}")
     return "-".join(parts)
 
 

@@ -154,6 +154,9 @@ def test_another_sampler_writes_its_own_samples_file(tmp_path: Path) -> None:
     sampler = {"_target_": "bench.models.diffusion.samplers.DDIMSampler", "steps": 50, "eta": 0.0,
                "clip_denoised": False}
     assert sampler_tag(sampler) == "ddim-50-clip_denoisedFalse"
+    euler = {"_target_": "bench.models.flow_matching.samplers.EulerSampler", "steps": 50,
+             "anti_annealing": {"frac_coords": 10, "lattice": 2}}
+    assert sampler_tag(euler) == "euler-50-anti_annealing.frac_coords10-anti_annealing.lattice2"
     from bench.evaluate import evaluate
 
     record, _ = evaluate(ddim)  # reads the DDIM samples, not the run's own
