@@ -12,11 +12,12 @@ lattice of exactly that many atoms. This base holds the first part and the mappi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
-from bench.models.base import GenerativeModule, OptimizerFactory
-from torch import Tensor
+from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from torch import Tensor, nn
 
 __all__ = ["ATOM_FIELDS", "PeriodicCrystalModule"]
 
@@ -26,18 +27,49 @@ _PAD_SCORE = 1.0e4
 
 
 class PeriodicCrystalModule(GenerativeModule):
-    """A generative module over a drawn number of atoms (see the module docstring).
+    """A generative module over a drawn number of atoms (see the module docstring), with a time-conditioned
+    network: a sinusoidal time embedding through a small MLP, and the backbone called with ``type_dim = K``
+    and ``cond_dim = time_dim``.
 
     Args:
         optimizer: partial building the optimiser.
         num_types: K + 1 (from the fitted codec).
         max_atoms: N (from the fitted codec).
+        backbone: partial of the network (e.g. :class:`~bench.models.backbones.periodic.PeriodicMPNN`).
+        time_dim: width of the time embedding.
+        weights: loss weight per field.
     """
 
-    def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
+    def __init__(
+        self,
+        optimizer: OptimizerFactory,
+        num_types: int,
+        max_atoms: int,
+        backbone: Callable[..., nn.Module],
+        time_dim: int,
+        weights: Mapping[str, float],
+    ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
         # How many training crystals have n atoms, n = 0..N (set by fit_data; saved in checkpoints).
         self.register_buffer("atom_counts", torch.zeros(max_atoms + 1))
+        self.time_dim = int(time_dim)
+        self.weights = {key: float(weights[key]) for key in FIELDS}
+        self.time_mlp = nn.Sequential(
+            nn.Linear(self.time_dim, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
+        )
+        self.net = backbone(type_dim=num_types - 1, cond_dim=self.time_dim)
+
+    @staticmethod
+    def require_fields(per_field: Mapping[str, Any], what: str) -> dict[str, Any]:
+        """``per_field`` as a dict, refusing one that lacks a field (``what`` names it in the message)."""
+        missing = set(FIELDS) - set(per_field)
+        if missing:
+            raise ValueError(f"{what} must name one for every field; missing {sorted(missing)}")
+        return dict(per_field)
+
+    def weighted_total(self, terms: Mapping[str, Tensor]) -> Tensor:
+        """``sum_f weight_f * terms[f"{f}_mse"]``."""
+        return sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
 
     def fit_data(self, data: Mapping[str, Tensor]) -> None:
         """Count the training crystals per number of atoms; sampling draws the atom count from it."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
 from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler, respaced_timesteps
-from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars, q_sample
+from bench.models.diffusion.schedule import alpha_bars_for, q_sample
 from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
@@ -79,12 +79,7 @@ class CrystalDDPM(GenerativeModule):
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
         self._save_plain_hparams()
-        if schedule == "cosine":
-            alpha_bars = cosine_alpha_bars(timesteps)
-        elif schedule == "linear":
-            alpha_bars = linear_alpha_bars(timesteps)
-        else:
-            raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
+        alpha_bars = alpha_bars_for(schedule, timesteps)
         self.sampler: DiffusionSampler = sampler if sampler is not None else AncestralSampler()
         self.timesteps = int(timesteps)
         self.time_dim = int(time_dim)

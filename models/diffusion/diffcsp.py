@@ -23,7 +23,7 @@ from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.diffusion.samplers import respaced_timesteps
 from bench.models.embeddings import timestep_embedding
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ["CrystalDiffCSP", "PredictorCorrectorSampler"]
 
@@ -119,23 +119,17 @@ class CrystalDiffCSP(PeriodicCrystalModule):
         frac_weight: float = 1.0,
         lattice_weight: float = 1.0,
     ) -> None:
-        super().__init__(optimizer, num_types, max_atoms)
+        super().__init__(
+            optimizer, num_types, max_atoms, backbone, time_dim,
+            {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight},
+        )
         self._save_plain_hparams(ignore=["processes"])
-        missing = set(FIELDS) - set(processes)
-        if missing:
-            raise ValueError(f"processes must name a process for every field; missing {sorted(missing)}")
         steps = {k: p.timesteps for k, p in processes.items()}
         if len(set(steps.values())) != 1:
             raise ValueError(f"every field's process needs the same timesteps, got {steps}")
-        self.processes = dict(processes)
+        self.processes = self.require_fields(processes, "processes")
         self.timesteps = next(iter(steps.values()))
         self.sampler = sampler if sampler is not None else PredictorCorrectorSampler()
-        self.time_dim = int(time_dim)
-        self.weights = {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight}
-        self.time_mlp = nn.Sequential(
-            nn.Linear(self.time_dim, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
-        )
-        self.net = backbone(type_dim=num_types - 1, cond_dim=self.time_dim)
 
     def predict(self, x_t: Mapping[str, Tensor], t: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The network's per-field prediction at integer steps ``t`` ``[B]`` in ``1..T``."""
@@ -155,8 +149,7 @@ class CrystalDiffCSP(PeriodicCrystalModule):
             )
             for k in FIELDS
         }
-        total = sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
-        return {"loss": total, **terms}
+        return {"loss": self.weighted_total(terms), **terms}
 
     @property
     def nfe(self) -> int:

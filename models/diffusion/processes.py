@@ -29,7 +29,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from bench.models.diffusion.schedule import cosine_alpha_bars, linear_alpha_bars
+from bench.models.diffusion.schedule import alpha_bars_for
 from torch import Tensor
 
 __all__ = ["VPGaussian", "WrappedNormalVE", "wrapped_normal_score", "wrapped_score_norm"]
@@ -64,12 +64,7 @@ class VPGaussian:
         if clip is not None and clip <= 0:
             raise ValueError(f"clip must be > 0 or null, got {clip}")
         self.clip = None if clip is None else float(clip)
-        if schedule == "cosine":
-            alpha_bars = cosine_alpha_bars(timesteps)
-        elif schedule == "linear":
-            alpha_bars = linear_alpha_bars(timesteps)
-        else:
-            raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
+        alpha_bars = alpha_bars_for(schedule, timesteps)
         self.timesteps = int(timesteps)
         #: ``alpha_bar_t`` for ``t = 0..T`` (``alpha_bar_0 = 1``), float32.
         self.alpha_bars = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars]).to(torch.float32)

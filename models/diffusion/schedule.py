@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["cosine_alpha_bars", "linear_alpha_bars", "q_sample"]
+__all__ = ["alpha_bars_for", "cosine_alpha_bars", "linear_alpha_bars", "q_sample"]
 
 
 def cosine_alpha_bars(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -48,6 +48,15 @@ def linear_alpha_bars(timesteps: int, beta_start: float = 1e-4, beta_end: float 
         max=0.999
     )
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+def alpha_bars_for(schedule: str, timesteps: int) -> Tensor:
+    """``alpha_bar_t`` (``t = 1..T``, float64) of the named schedule: ``"cosine"`` or ``"linear"``."""
+    if schedule == "cosine":
+        return cosine_alpha_bars(timesteps)
+    if schedule == "linear":
+        return linear_alpha_bars(timesteps)
+    raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
 
 
 def q_sample(x0: Mapping[str, Tensor], alpha_bar: Tensor, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -28,7 +28,7 @@ from bench.models.embeddings import timestep_embedding
 from bench.models.flow_matching.paths import FieldPath
 from bench.models.flow_matching.samplers import EulerSampler, ODESampler
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = ["CrystalFlowMatching"]
 
@@ -74,19 +74,13 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         frac_weight: float = 1.0,
         lattice_weight: float = 1.0,
     ) -> None:
-        super().__init__(optimizer, num_types, max_atoms)
-        self._save_plain_hparams(ignore=["paths"])
-        missing = set(FIELDS) - set(paths)
-        if missing:
-            raise ValueError(f"paths must name a path for every field; missing {sorted(missing)}")
-        self.paths = dict(paths)
-        self.sampler: ODESampler = sampler if sampler is not None else EulerSampler()
-        self.time_dim = int(time_dim)
-        self.weights = {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight}
-        self.time_mlp = nn.Sequential(
-            nn.Linear(self.time_dim, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
+        super().__init__(
+            optimizer, num_types, max_atoms, backbone, time_dim,
+            {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight},
         )
-        self.net = backbone(type_dim=num_types - 1, cond_dim=self.time_dim)
+        self._save_plain_hparams(ignore=["paths"])
+        self.paths = self.require_fields(paths, "paths")
+        self.sampler: ODESampler = sampler if sampler is not None else EulerSampler()
 
     # ------------------------------------------------------------------ the velocity field
     def velocity(self, x_t: Mapping[str, Tensor], t: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -115,8 +109,7 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         terms = {
             f"{k}_mse": self.masked_mse(v[k], u_t[k], mask if k in ATOM_FIELDS else None) for k in FIELDS
         }
-        total = sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
-        return {"loss": total, **terms}
+        return {"loss": self.weighted_total(terms), **terms}
 
     # ------------------------------------------------------------------ sampling
     @property
