@@ -28,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ResultRecord",
     "record_path",
+    "scrub_machine_paths",
     "write_record",
     "load_records",
     "provenance",
@@ -91,11 +92,39 @@ def record_path(results_dir: str | Path, record: ResultRecord) -> Path:
 
 
 def write_record(record: ResultRecord, results_dir: str | Path) -> Path:
-    """Write the record atomically (temp file + rename) and return its path."""
+    """Write the record atomically (temp file + rename) and return its path.
+
+    What is written names no machine: an absolute output directory becomes ``<output_dir>`` wherever it
+    appears (run directory, samples file, command line), other absolute paths ``<local>/<file name>``
+    (:func:`scrub_machine_paths`).
+    """
     path = record_path(results_dir, record)
-    atomic_write_json(path, record.to_dict())
+    data = record.to_dict()
+    output_dir = ((data.get("config") or {}).get("paths") or {}).get("output_dir")
+    atomic_write_json(path, scrub_machine_paths(data, output_dir))
     log.info("result record written: %s", path)
     return path
+
+
+def scrub_machine_paths(data: Any, output_dir: str | None = None) -> Any:
+    """``data`` with machine-specific absolute paths replaced: ``output_dir`` (when absolute) by
+    ``<output_dir>`` inside any string, any other absolute path by ``<local>/<its file name>``; relative paths
+    and other strings are kept."""
+    prefix = str(output_dir).rstrip("/") if output_dir and Path(str(output_dir)).is_absolute() else None
+    if isinstance(data, dict):
+        return {k: scrub_machine_paths(v, output_dir) for k, v in data.items()}
+    if isinstance(data, list):
+        return [scrub_machine_paths(v, output_dir) for v in data]
+    if not isinstance(data, str):
+        return data
+    if prefix and prefix in data:
+        return data.replace(prefix, "<output_dir>")
+    key, sep, value = data.partition("=")
+    candidate = value if sep else data
+    if candidate.startswith("/") and " " not in candidate and Path(candidate).is_absolute():
+        scrubbed = f"<local>/{Path(candidate).name}"
+        return f"{key}={scrubbed}" if sep else scrubbed
+    return data
 
 
 def load_records(results_dir: str | Path) -> list[tuple[Path, ResultRecord]]:

@@ -172,3 +172,27 @@ def test_git_commit_is_read_once_per_process(monkeypatch) -> None:
     first = records.code_version()
     assert records.provenance()["git_commit"] == first == "abc1" and len(calls) == 1
     records.code_version.cache_clear()
+
+
+def test_written_records_name_no_machine_paths() -> None:
+    """An absolute output directory becomes <output_dir>, other absolute paths <local>/<name>; relative paths
+    are kept."""
+    from bench.records import scrub_machine_paths
+
+    data = {
+        "config": {"paths": {"output_dir": "/srv/me/outputs", "run_dir": "/srv/me/outputs/runs/x__1"}},
+        "counts": {"samples_file": "/srv/me/outputs/runs/x__1/samples.csv", "other": "/data/their.csv"},
+        "provenance": {
+            "argv": ["run", "paths.output_dir=/srv/me/outputs", "samples=/data/their.csv", "seed=0"],
+        },
+        "note": "valid / unique", "rel": "outputs/runs/x",
+    }
+    out = scrub_machine_paths(data, "/srv/me/outputs")
+    assert out["config"]["paths"] == {"output_dir": "<output_dir>", "run_dir": "<output_dir>/runs/x__1"}
+    assert out["counts"] == {
+        "samples_file": "<output_dir>/runs/x__1/samples.csv", "other": "<local>/their.csv",
+    }
+    assert out["provenance"]["argv"] == ["run", "paths.output_dir=<output_dir>", "samples=<local>/their.csv",
+                                         "seed=0"]
+    assert out["note"] == "valid / unique" and out["rel"] == "outputs/runs/x"
+    assert "/srv" not in json.dumps(out) and "/data" not in json.dumps(out)

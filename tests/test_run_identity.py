@@ -177,7 +177,9 @@ def test_a_sweep_cell_and_a_single_run_use_the_same_run_dir(tmp_path: Path) -> N
     (record_file,) = (tmp_path / "results" / "tiny").glob("*.json")
     cell = json.loads(record_file.read_text())
     assert cell["config_hash"] == config_hash(single)
-    assert cell["config"]["paths"]["run_dir"] == str(default_run_dir(single))
+    # the record names no machine: the absolute output directory is written as <output_dir>
+    run_dir = cell["config"]["paths"]["run_dir"].replace("<output_dir>", str(tmp_path / "outputs"))
+    assert run_dir == str(default_run_dir(single))
     # a single evaluate of the same config finds the cell's run and samples in that folder
     record, _ = evaluate(_cfg(tmp_path, "model=vae", "trainer.max_steps=3", "seed=0", "record.write=false"))
     assert record.counts["samples_file"] == str(default_run_dir(single) / "samples.csv")

@@ -94,7 +94,7 @@ def test_killed_sweep_resumes_skipping_done_cells_and_a_failure_does_not_stop_it
 
     for key in ("8", "9", "10"):
         config = records[key][1]["config"]
-        run_dir = Path(config["paths"]["run_dir"])
+        run_dir = Path(config["paths"]["run_dir"].replace("<output_dir>", str(tmp_path / "outputs")))
         assert run_dir.name == f"{config['run_name']}__{training_hash(config)[:8]}"
         assert run_dir.parent == tmp_path / "outputs" / "runs" and (run_dir / "codec.json").exists()
 
