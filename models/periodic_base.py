@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
 __all__ = ["ATOM_FIELDS", "PeriodicCrystalModule"]
@@ -66,6 +67,21 @@ class PeriodicCrystalModule(GenerativeModule):
         if missing:
             raise ValueError(f"{what} must name one for every field; missing {sorted(missing)}")
         return dict(per_field)
+
+    def network(self, x_t: Mapping[str, Tensor], time: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The backbone's per-field output for noisy fields ``x_t`` (empty slots zeroed) at ``time`` ``[B]``
+        (the value the sinusoidal embedding reads: a diffusion step or a scaled flow time)."""
+        cond = self.time_mlp(timestep_embedding(time, self.time_dim))
+        return self.net(self.mask_atoms(x_t, mask), mask, cond=cond)
+
+    def draw_prior(
+        self, priors: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], mask: Tensor,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """A draw from each field's ``priors[field].prior`` (in sorted field order, so a generator gives the
+        same draws every time), empty slots zeroed."""
+        draws = {key: priors[key].prior(shapes[key], generator, self.device) for key in sorted(shapes)}
+        return self.mask_atoms(draws, mask)
 
     def weighted_total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """``sum_f weight_f * terms[f"{f}_mse"]``."""

@@ -21,7 +21,6 @@ from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory
 from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.diffusion.samplers import respaced_timesteps
-from bench.models.embeddings import timestep_embedding
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
 from torch import Tensor
 
@@ -133,8 +132,7 @@ class CrystalDiffCSP(PeriodicCrystalModule):
 
     def predict(self, x_t: Mapping[str, Tensor], t: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The network's per-field prediction at integer steps ``t`` ``[B]`` in ``1..T``."""
-        cond = self.time_mlp(timestep_embedding(t, self.time_dim))
-        return self.net(self.mask_atoms(x_t, mask), mask, cond=cond)
+        return self.network(x_t, t, mask)
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Weighted per-field regression of each process's target at uniformly drawn steps."""
@@ -159,11 +157,12 @@ class CrystalDiffCSP(PeriodicCrystalModule):
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         mask = self.draw_mask(n, generator)
         shapes = self.field_shapes(n)
-        x = {k: self.processes[k].prior(shapes[k], generator, self.device) for k in sorted(shapes)}
+        x = self.draw_prior(self.processes, shapes, mask, generator)
 
         def noise() -> dict[str, Tensor]:
             return {k: self._randn(shapes[k], generator) for k in sorted(shapes)}
 
-        out = self.sampler(lambda x_t, t: self.predict(x_t, t, mask), self.processes,
-                           self.mask_atoms(x, mask), self.timesteps, noise)
+        out = self.sampler(
+            lambda x_t, t: self.predict(x_t, t, mask), self.processes, x, self.timesteps, noise
+        )
         return self.to_batch(out, mask)

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory
-from bench.models.embeddings import timestep_embedding
 from bench.models.flow_matching.paths import FieldPath
 from bench.models.flow_matching.samplers import EulerSampler, ODESampler
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
@@ -85,27 +84,19 @@ class CrystalFlowMatching(PeriodicCrystalModule):
     # ------------------------------------------------------------------ the velocity field
     def velocity(self, x_t: Mapping[str, Tensor], t: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """``v_theta(x_t, t)`` per field; ``t`` ``[B]`` in ``[0, 1]``."""
-        cond = self.time_mlp(timestep_embedding(1000.0 * t, self.time_dim))
-        return self.net(x_t, mask, cond=cond)
-
-    def _prior(
-        self, shapes: Mapping[str, tuple[int, ...]], mask: Tensor, generator: torch.Generator | None
-    ) -> dict[str, Tensor]:
-        # sorted: a fixed order of draws from the generator
-        x0 = {key: self.paths[key].prior(shapes[key], generator, self.device) for key in sorted(shapes)}
-        return self.mask_atoms(x0, mask)
+        return self.network(x_t, 1000.0 * t, mask)
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Weighted per-field velocity MSE at uniformly drawn times."""
         x1, mask = self.data_fields(batch)
         size = mask.shape[0]
-        x0 = self._prior({k: tuple(v.shape) for k, v in x1.items()}, mask, None)
+        x0 = self.draw_prior(self.paths, {k: tuple(v.shape) for k, v in x1.items()}, mask, None)
         t = torch.rand(size, device=self.device)
         x_t, u_t = {}, {}
         for key in FIELDS:
             x_t[key], u_t[key] = self.paths[key].interpolate(x0[key], x1[key], t)
-        v = self.velocity(self.mask_atoms(x_t, mask), t, mask)
+        v = self.velocity(x_t, t, mask)
         terms = {
             f"{k}_mse": self.masked_mse(v[k], u_t[k], mask if k in ATOM_FIELDS else None) for k in FIELDS
         }
@@ -119,6 +110,6 @@ class CrystalFlowMatching(PeriodicCrystalModule):
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         mask = self.draw_mask(n, generator)
-        x0 = self._prior(self.field_shapes(n), mask, generator)
+        x0 = self.draw_prior(self.paths, self.field_shapes(n), mask, generator)
         x1 = self.sampler(lambda x, t: self.velocity(x, t, mask), self.paths, x0)
         return self.to_batch(x1, mask)
