@@ -206,7 +206,7 @@ def _hydra_main(argv: list[str]) -> int:
 
     import hydra
 
-    from bench.overrides import check_overrides
+    from bench.overrides import check_overrides, check_sweep_data
     from bench.sweep import last_summary
 
     global _USER_ERROR
@@ -214,6 +214,8 @@ def _hydra_main(argv: list[str]) -> int:
     warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema",
                             category=UserWarning)
     problem = check_overrides(argv)
+    if problem is None and _COMMAND in ("run", "train", "evaluate", "reference"):
+        problem = check_sweep_data(argv)
     if problem:
         print(f"matgenbench {_COMMAND}: {problem}", file=sys.stderr)
         return 2

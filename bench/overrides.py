@@ -6,6 +6,9 @@ Hydra already refuses unknown config-group options and keys; these checks say th
 installed, and refuse values that cannot work before anything is trained (:func:`check_values`: an unknown
 data split, ``sample.num_samples`` < 1, ``trainer.max_steps`` < -1; and a sampler override on a model without
 a sampler, or without its package). Anything they do not understand is left to Hydra.
+
+Before a sweep (:func:`check_sweep_data`), the data files its cells need are found, or fetched once, up front:
+a missing file is one message and nothing runs, instead of every cell failing on it in turn.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 from bench.config import CONFIG_MODULE
 from bench.sweep import launcher_problem
 
-__all__ = ["check_overrides", "check_values", "models_with_sampler", "split_cli_args"]
+__all__ = ["check_overrides", "check_sweep_data", "check_values", "models_with_sampler", "split_cli_args"]
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +225,89 @@ def _key_message(err: Exception, parsed: list[Any], first_cell: list[str], compo
     hint = f" (did you mean {parent_path + '.' if parent_path else ''}{close[0]}?)" if close else ""
     return (f"unknown key '{key}'{hint}; keys of {parent_path or 'the config'}: {', '.join(keys)}; "
             f"to add a new key write +{bad.input_line}")
+
+
+# Overrides that decide which data files a cell reads (the others are held at their first value).
+_DATA_KEYS = ("dataset", "experiment", "paths")
+
+
+def check_sweep_data(argv: Sequence[str]) -> str | None:
+    """For a sweep (``-m``): one message when a data file some cell needs is missing and cannot be fetched,
+    else None. Each distinct file is resolved once, here, before any cell runs (downloaded into the cache when
+    ``paths.download`` allows), so parallel cells never race to download it either.
+
+    Args:
+        argv: what follows the subcommand on the command line.
+    """
+    from omegaconf import OmegaConf
+
+    overrides, flags = split_cli_args(argv)
+    if not any(_MODES.get(f.split("=")[0]) == "multirun" for f in flags):
+        return None
+    if any(flag.split("=")[0] in _CUSTOM_CONFIG for flag in flags):
+        return None
+    try:
+        cells = _data_cells(overrides)
+    except Exception as err:  # a check must never stand in the way of Hydra's own handling
+        log.debug("sweep data pre-check skipped: %s", err)
+        return None
+    if cells is None:
+        return None
+    from bench.config import as_path, cache_dir, compose
+
+    swept = {o.split("=")[0] for o in overrides if "," in o.partition("=")[2]}
+    needed: dict[tuple[Any, ...], list[str]] = {}
+    for cell in cells:
+        try:
+            cfg = compose(cell)
+        except Exception as err:  # composition problems are reported by Hydra itself
+            log.debug("sweep data pre-check skipped a cell: %s", err)
+            continue
+        ds = cfg.dataset
+        splits = {OmegaConf.select(ds, key) for key in ("train_split", "eval_split")}
+        where = (as_path(OmegaConf.select(cfg, "paths.data_dir", default=None)), cache_dir(cfg),
+                 bool(OmegaConf.select(cfg, "paths.download", default=True)))
+        for split in sorted(str(s) for s in splits if s is not None):
+            label = " ".join(o for o in cell if o.split("=")[0] in swept
+                             and o.split("=")[0].split("@")[0].lstrip("+~").split(".")[0] in _DATA_KEYS)
+            needed.setdefault((str(ds.name), split, *where), []).append(label)
+    return _resolve_all(needed)
+
+
+def _data_cells(overrides: list[str]) -> list[list[str]] | None:
+    """The distinct data-relevant cells of a sweep: the product of the values of the dataset/experiment/paths
+    overrides, every other override at its first value. None when the sweep syntax is not a plain list."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    axes: list[list[str]] = []
+    for override in parsed:
+        values = _values(override)
+        if values is None:
+            return None
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes.append([override.input_line])
+            continue
+        relevant = key.split("@")[0].lstrip("+~").split(".")[0].split("/")[0] in _DATA_KEYS
+        axes.append([f"{key}={v}" for v in (values if relevant else values[:1])])
+    return [list(cell) for cell in itertools.product(*axes)]
+
+
+def _resolve_all(needed: dict[tuple[Any, ...], list[str]]) -> str | None:
+    """Find or fetch each needed file once; the message for the first that cannot be had."""
+    from bench.datasets import ChecksumMismatchError, DatasetUnavailableError, get_spec, resolve_file
+
+    for (name, split, data_dir, cache, download), cells in needed.items():
+        spec = get_spec(name)
+        if spec.builtin:
+            continue
+        try:
+            resolve_file(spec, split, data_dir=data_dir, cache_dir=cache, download=download)
+        except (DatasetUnavailableError, ChecksumMismatchError) as err:
+            which = sorted({c for c in cells if c}) or ["every cell"]
+            return (f"this sweep needs {name}/{split}.csv ({', '.join(which)}), and it cannot be used, so no "
+                    f"cell was run: {err}")
+    return None

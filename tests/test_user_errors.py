@@ -153,3 +153,19 @@ def test_leaderboard_data_layer_does_not_import_the_presentation_layer() -> None
         bad = {m for m in imported
                if m.startswith("bench.leaderboard.") and m.rsplit(".", 1)[1] in presentation}
         assert not bad, f"{name}.py imports {bad}"
+
+
+def test_a_sweep_missing_its_data_fails_once_up_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every cell of this sweep would fail on the same missing file: one message, nothing run, no record."""
+    monkeypatch.delenv("MATGENBENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("MATGENBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    result = _cli(tmp_path, "run", "-m", "model=vae,ddpm", "seed=0,1,2", "dataset=perov_5,carbon_24",
+                  "paths.download=false")
+    assert result.returncode == 2, result.stderr[-2000:]
+    err = result.stderr
+    assert "Traceback" not in err and err.count("this sweep needs") == 1, err[-2000:]
+    assert "perov_5/" in err and "(dataset=perov_5)" in err and "no cell was run" in err
+    assert "downloading is disabled" in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "outputs").exists()
