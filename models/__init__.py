@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MODELS",
     "MODEL_CLASSES",
+    "CrystalCDVAE",
     "CrystalDDPM",
     "CrystalDiffCSP",
     "CrystalFlowMatching",
@@ -46,6 +47,7 @@ __all__ = [
 
 MODEL_CLASSES: dict[str, str] = {
     "CrystalVAE": "bench.models.vae.vae:CrystalVAE",
+    "CrystalCDVAE": "bench.models.vae.cdvae:CrystalCDVAE",
     "CrystalGAN": "bench.models.gan.base:CrystalGAN",
     "CrystalWGANGP": "bench.models.gan.wgan_gp:CrystalWGANGP",
     "CrystalDDPM": "bench.models.diffusion.ddpm:CrystalDDPM",
