@@ -5,14 +5,27 @@ moves every field with its own path's exponential map (:meth:`FieldPath.step`), 
 torus. Each sampler states its number of network evaluations (``nfe``), which the sample stage writes into the
 record.
 
-``anti_annealing`` multiplies a field's velocity by ``1 + s t`` (FlowMM's "inference anti-annealing", Miller
-et al. 2024, arXiv:2406.04713, section 4; also Yim et al. 2023 for protein frames): the flow is sharpened near
-the data end, which trades a little diversity for precision. ``{}`` (the default) integrates the learned field
-as is.
+``anti_annealing`` integrates ``dx/dt = (1 + s t) v(x, t)`` for the fields it names (FlowMM's "inference
+anti-annealing", Miller et al. 2024, arXiv:2406.04713, section 4; also Yim et al. 2023 for protein frames):
+the flow is sharpened near the data end, which trades a little diversity for precision. ``{}`` (the default)
+integrates the learned field as is.
+
+A learned velocity near the data end has the form ``v = (x1_hat - x) / (1 - t)`` (the conditional field of the
+straight path to the predicted endpoint ``x1_hat``), so the scaled field is a contraction whose rate
+``(1 + s t) / (1 - t)`` grows without bound as ``t -> 1``. Plain Euler steps with it overshoot: at
+``t = 1 - k dt`` a step moves ``(1 + s t) / k`` times the distance to ``x1_hat``, i.e. past it for
+``k < 1 + s t``, amplifying the network's error about ``s``-fold per step over the last steps (with ``s = 10``
+and 50 steps, a factor of about 250 over the last five). The samplers therefore take each anti-annealed step
+with the exponential integrator of that contraction: holding ``x1_hat`` fixed over the step, the exact
+solution moves the fraction ``1 - exp(-I)`` of the way to it, ``I = int_t^{t+dt} (1 + s u) / (1 - u) du
+= (1 + s) ln((1 - t) / (1 - t - dt)) - s dt``, i.e. a step of effective length ``(1 - t)(1 - exp(-I))`` along
+``v``. This equals ``dt (1 + s t)`` to first order in ``dt``, equals ``dt`` exactly for ``s = 0`` (plain
+Euler), never passes the predicted endpoint, and lands on it at the last step.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -57,8 +70,19 @@ class _FixedStep:
     def _velocity(self, velocity: VelocityField, x: Mapping[str, Tensor], t: float) -> dict[str, Tensor]:
         size = next(iter(x.values())).shape[0]
         device = next(iter(x.values())).device
-        v = velocity(x, torch.full((size,), t, device=device))
-        return {k: v[k] * (1.0 + self.anti_annealing.get(k, 0.0) * t) for k in x}
+        return velocity(x, torch.full((size,), t, device=device))
+
+    def step_length(self, key: str, t: float, dt: float) -> float:
+        """How far (in time units of ``v``) field ``key`` moves along the velocity from ``t`` to ``t + dt``:
+        ``dt`` without anti-annealing, else the exponential-integrator length of the module docstring."""
+        s = self.anti_annealing.get(key, 0.0)
+        remaining = 1.0 - t
+        if s == 0.0:
+            return dt
+        if remaining - dt <= 1e-12:  # the last step lands on the predicted endpoint
+            return remaining
+        integral = (1.0 + s) * math.log(remaining / (remaining - dt)) - s * dt
+        return remaining * -math.expm1(-integral)
 
 
 class EulerSampler(_FixedStep):
@@ -66,7 +90,7 @@ class EulerSampler(_FixedStep):
 
     Args:
         steps: number of steps from ``t = 0`` to ``t = 1``.
-        anti_annealing: ``{field: s}``; that field's velocity is multiplied by ``1 + s t``.
+        anti_annealing: ``{field: s}``; that field follows ``(1 + s t) v`` (module docstring).
     """
 
     def __call__(
@@ -74,8 +98,9 @@ class EulerSampler(_FixedStep):
     ) -> dict[str, Tensor]:
         x, dt = dict(x0), 1.0 / self.steps
         for i in range(self.steps):
-            v = self._velocity(velocity, x, i * dt)
-            x = {k: paths[k].step(x[k], v[k], dt) for k in x}
+            t = i * dt
+            v = self._velocity(velocity, x, t)
+            x = {k: paths[k].step(x[k], v[k], self.step_length(k, t, dt)) for k in x}
         return x
 
 
@@ -87,7 +112,7 @@ class HeunSampler(_FixedStep):
 
     Args:
         steps: number of steps from ``t = 0`` to ``t = 1``.
-        anti_annealing: ``{field: s}``; that field's velocity is multiplied by ``1 + s t``.
+        anti_annealing: ``{field: s}``; that field follows ``(1 + s t) v`` (module docstring).
     """
 
     evaluations_per_step = 2
@@ -103,10 +128,10 @@ class HeunSampler(_FixedStep):
         for i in range(self.steps):
             t = i * dt
             v = self._velocity(velocity, x, t)
-            guess = {k: paths[k].step(x[k], v[k], dt) for k in x}
+            guess = {k: paths[k].step(x[k], v[k], self.step_length(k, t, dt)) for k in x}
             if i == self.steps - 1:
                 x = guess
                 break
             v_next = self._velocity(velocity, guess, t + dt)
-            x = {k: paths[k].step(x[k], 0.5 * (v[k] + v_next[k]), dt) for k in x}
+            x = {k: paths[k].step(x[k], 0.5 * (v[k] + v_next[k]), self.step_length(k, t, dt)) for k in x}
         return x
