@@ -12,12 +12,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import as_path, cache_dir, config_hash, record_config, results_dir
+from bench.config import (
+    PUBLISHED_RESULTS_DIR,
+    as_path,
+    cache_dir,
+    config_hash,
+    record_config,
+    results_dir,
+)
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.rundirs import check_samples, find_trained_run, samples_path
@@ -53,24 +61,91 @@ def build_reference(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict[str, Any
     return reference, checksums, skipped
 
 
-def metrics_table(record: ResultRecord) -> str:
-    """A plain-text table of a record's metrics, with ↑/↓ for the direction."""
+def metrics_table(record: ResultRecord, references: Sequence[str | Path] | None = None) -> str:
+    """A plain-text table of a record's metrics, with ↑/↓ for the direction and, beside each value, the Test
+    and Random reference values of the same protocol (the ceiling and the floor), so a number can be read.
+
+    The references come from result records (:func:`bench.leaderboard.reference_values.find_reference_values`)
+    in ``references`` (default: the run's own results folder, then ``leaderboard/results``). A line under the
+    table names the protocol they come from, or says how to score them when there are none.
+
+    Args:
+        record: The run's record.
+        references: Results folders to look in for reference records, in order.
+    """
     from rich.console import Console
     from rich.table import Table
 
+    from bench.leaderboard.headline import REFERENCE_MODELS
+    from bench.leaderboard.reference_values import find_reference_values
+
+    folders = _reference_folders(record) if references is None else list(references)
+    found = find_reference_values(record, folders)
+    columns = [m for m in REFERENCE_MODELS if found and m in found.values and m != record.model]
     label = record.split.get("label", record.split_protocol)
     table = Table(title=f"{record.model} on {record.dataset} ({label})")
     table.add_column("metric")
     table.add_column("value", justify="right")
+    for name in columns:
+        table.add_column(name, justify="right", style="dim")
     table.add_column("", justify="center")
     for name, entry in record.metrics.items():
         value = entry.get("value")
         text = "n/a" if value is None else f"{value:.4f}"
-        table.add_row(name, text, "↑" if entry.get("direction") == "max" else "↓")
+        beside = [found.values[m].get(name) for m in columns] if found else []
+        table.add_row(name, text, *("–" if v is None else f"{v:.4f}" for v in beside),
+                      "↑" if entry.get("direction") == "max" else "↓")
     console = Console(width=100, record=True, force_terminal=False)
     with console.capture() as capture:
         console.print(table)
+        # one unbroken line, so the command in it can be copied
+        console.print(_references_note(record, found, columns, folders), highlight=False, markup=False,
+                      soft_wrap=True)
     return capture.get()
+
+
+def _reference_folders(record: ResultRecord) -> list[Path]:
+    """Where a run's reference rows may be: its own results folder (from its config), then the published
+    one."""
+    folders = []
+    if record.config:
+        try:
+            folders.append(results_dir(OmegaConf.create(record.config)))
+        except Exception as err:  # an old or partial config: the published folder still counts
+            log.debug("no results folder in the record's config: %s", err)
+    return list(dict.fromkeys([*folders, PUBLISHED_RESULTS_DIR]))
+
+
+def _references_note(record: ResultRecord, found: Any, columns: list[str], folders: list[Path]) -> str:
+    """The line under the metrics table: where the reference columns come from, or how to make them."""
+    if found is not None and columns:
+        names = " and ".join(columns)
+        where = f"{found.folder}/{record.dataset}"
+        meaning = ("Test is the test split itself scored as if generated (the ceiling of most metrics), "
+                   "Random is random crystals (the floor).")
+        if found.exact:
+            return f"{names}: reference rows of this protocol ({found.protocol_id}) from {where}. {meaning}"
+        return (f"{names}: from protocol {found.protocol_id} in {where}, the same splits and sample count "
+                f"(this run has no pinned protocol). {meaning}")
+    split = record.split
+    pinned = split.get("protocol")
+    if pinned:
+        command = f"matgenbench reference -m experiment={pinned} reference=test,random"
+    else:
+        overrides = [f"dataset={record.dataset}"]
+        overrides += [f"dataset.{key}_split={split[key]}" for key in ("train", "eval") if split.get(key)]
+        overrides += [f"dataset.{key}={split[key]}" for key in ("limit_train", "limit_eval")
+                      if split.get(key) is not None]
+        if split.get("num_samples"):
+            overrides.append(f"sample.num_samples={split['num_samples']}")
+        command = f"matgenbench reference -m {' '.join(overrides)} reference=test,random"
+    searched = " or ".join(str(f) for f in folders)
+    return (f"No Test/Random reference of this protocol ({_protocol_id(record)}) in {searched}; "
+            f"score them with: {command}")
+
+
+def _protocol_id(record: ResultRecord) -> str:
+    return str(record.split.get("id") or record.split_protocol)
 
 
 def _add_dataset_settings(metric_cfg: dict[str, Any], cfg: DictConfig) -> None:

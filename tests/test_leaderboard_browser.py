@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A headless Chromium showing the board of the synthetic records."""
+@contextmanager
+def _browser(root: Path, size: str) -> Iterator[Any]:
+    """A headless Chromium with a window of ``size`` (``"width,height"``) and its profile under ``root``."""
     webdriver = pytest.importorskip(
         "selenium.webdriver", reason="selenium is not installed: pip install -e '.[browser]'"
     )
     from selenium.webdriver.chrome.service import Service
 
-    root = tmp_path_factory.mktemp("board")
-    html = build(write_synthetic_results(root / "results"), root / "board")["html"]
     options = webdriver.ChromeOptions()
     options.binary_location = BROWSER
     for arg in (
@@ -48,16 +47,25 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--no-first-run",
         "--disable-dev-shm-usage",
         f"--user-data-dir={root / 'profile'}",
-        "--window-size=1500,1200",
+        f"--window-size={size}",
     ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
     try:
-        driver.get(html.as_uri())
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium showing the board of the synthetic records."""
+    root = tmp_path_factory.mktemp("board")
+    html = build(write_synthetic_results(root / "results"), root / "board")["html"]
+    with _browser(root, "1500,1200") as driver:
+        driver.get(html.as_uri())
+        yield driver
 
 
 def _models(driver: Any, table: str) -> list[str]:
@@ -74,7 +82,7 @@ def test_page_renders_tables_and_plots_without_errors(page: Any) -> None:
     assert len(scatter.find_elements("css selector", "g.point circle")) == 3
     pareto = page.execute_script("return document.querySelector('#ds-perov_5 path.pareto').getBBox().width")
     assert pareto > 10
-    bars = page.find_elements("css selector", "#ds-perov_5 svg.bars")
+    bars = page.find_elements("css selector", "#details-perov_5 svg.bars")
     assert len(bars) == 5 and all(b.is_displayed() for b in bars)
     assert page.find_element("css selector", "#published-perov_5").is_displayed()
     loaded = page.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
@@ -113,3 +121,129 @@ def test_family_filter_hides_rows_and_points(page: Any) -> None:
 def test_screenshot_can_be_taken(page: Any, tmp_path: Path) -> None:
     shot = tmp_path / "board.png"
     assert page.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+# ------------------------------------------------------------- what a reader sees on the real board, 1366x768
+
+RESULTS = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+
+
+@pytest.fixture(scope="module")
+def board_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium at a 1366x768 laptop window showing the board of the committed records (the
+    synthetic ones when the checkout has none)."""
+    root = tmp_path_factory.mktemp("real_board")
+    results = RESULTS if any(RESULTS.rglob("*.json")) else write_synthetic_results(root / "results")
+    html = build(results, root / "board")["html"]
+    with _browser(root, "1366,768") as driver:
+        driver.get(html.as_uri())
+        yield driver
+
+
+def _rects(driver: Any, elements: list[Any]) -> list[dict[str, float]]:
+    return driver.execute_script(
+        "return arguments[0].map(function (e) { var r = e.getBoundingClientRect();"
+        " return {left: r.left, top: r.top, right: r.right, bottom: r.bottom}; });",
+        elements,
+    )
+
+
+def _overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (a["left"] < b["right"] and b["left"] < a["right"]
+            and a["top"] < b["bottom"] and b["top"] < a["bottom"])
+
+
+def _inside(inner: dict[str, float], outer: dict[str, float], slack: float = 0.5) -> bool:
+    return (inner["left"] >= outer["left"] - slack and inner["right"] <= outer["right"] + slack
+            and inner["top"] >= outer["top"] - slack and inner["bottom"] <= outer["bottom"] + slack)
+
+
+def _each_protocol(driver: Any, section: Any) -> Iterator[Any]:
+    """Show each protocol tab of a dataset's first screen in turn; yield the panel on display (none for a
+    dataset with published rows only)."""
+    if not section.find_elements("css selector", ".glance-panel"):
+        return
+    tabs = section.find_elements("css selector", ".tabs .tab")
+    for tab in tabs or [None]:
+        if tab is not None:
+            tab.click()
+        (panel,) = [p for p in section.find_elements("css selector", ".glance-panel") if p.is_displayed()]
+        yield panel
+    if tabs:
+        tabs[0].click()
+
+
+def test_the_headline_table_opens_the_page(board_page: Any) -> None:
+    height = board_page.execute_script("return window.innerHeight")
+    first = board_page.find_element("css selector", "section.glance")
+    table = first.find_element("css selector", "table.glance")
+    assert table.is_displayed()
+    top = board_page.execute_script("return arguments[0].getBoundingClientRect().top", table)
+    first_row = table.find_element("css selector", "tbody tr")
+    bottom = board_page.execute_script("return arguments[0].getBoundingClientRect().bottom", first_row)
+    assert 0 <= top < min(768, height) and bottom < min(768, height), (top, bottom, height)
+    # the details come after every dataset's first screen
+    glances = board_page.find_elements("css selector", "section.glance")
+    details = board_page.find_elements("css selector", "section.details")
+    assert glances and details and len(glances) == len(details)
+    y = board_page.execute_script("return arguments[0].getBoundingClientRect().top", details[0])
+    assert y > board_page.execute_script("return arguments[0].getBoundingClientRect().bottom", glances[-1])
+
+
+def test_headline_rows_have_visible_distinct_labels_and_references(board_page: Any) -> None:
+    width = board_page.execute_script("return document.documentElement.clientWidth")
+    for section in board_page.find_elements("css selector", "section.glance"):
+        for panel in _each_protocol(board_page, section):
+            cells = panel.find_elements("css selector", "table.glance tbody td.label")
+            labels = [c.text.strip() for c in cells]
+            assert labels and all(labels), labels
+            assert len(set(labels)) == len(labels), labels
+            for cell, rect in zip(cells, _rects(board_page, cells), strict=True):
+                clipped = board_page.execute_script(
+                    "var e = arguments[0];"
+                    " return e.scrollWidth > e.clientWidth || e.scrollHeight > e.clientHeight;",
+                    cell,
+                )
+                assert not clipped, cell.text
+                assert rect["right"] - rect["left"] > 10 and rect["bottom"] - rect["top"] > 10, cell.text
+                assert 0 <= rect["left"] and rect["right"] <= width, (cell.text, rect, width)
+            kinds = {c.get_attribute("class") for c in panel.find_elements("css selector", "tbody tr")}
+            assert any("glance-ref" in k for k in kinds), "the Test / Random references are missing"
+            refs = [c.text for c in panel.find_elements("css selector", "tr.glance-ref td.label")]
+            assert all("reference" in r for r in refs), refs
+            published = panel.find_elements("css selector", "tr.glance-published td.label")
+            assert all("reported, not re-run" in p.text for p in published)
+
+
+def test_every_plot_point_is_labelled_without_overlap_or_cut(board_page: Any) -> None:
+    plots = 0
+    for section in board_page.find_elements("css selector", "section.glance"):
+        for panel in _each_protocol(board_page, section):
+            for svg in panel.find_elements("css selector", "svg.scatter"):
+                plots += 1
+                points = svg.find_elements("css selector", "g.point")
+                labels = [p.find_element("css selector", "text.point-label") for p in points]
+                texts = [t.text for t in labels]
+                assert all(texts) and len(set(texts)) == len(texts), texts
+                boxes = _rects(board_page, labels)
+                frame = _rects(board_page, [svg.find_element("css selector", "rect")])[0]
+                for i, (text, box) in enumerate(zip(texts, boxes, strict=True)):
+                    assert _inside(box, frame), f"label {text!r} sticks out of the plot: {box} {frame}"
+                    for other, box2 in zip(texts[i + 1:], boxes[i + 1:], strict=True):
+                        assert not _overlap(box, box2), f"labels {text!r} and {other!r} overlap"
+    assert plots
+
+
+def test_bar_plot_labels_are_whole_and_apart(board_page: Any) -> None:
+    svgs = board_page.find_elements("css selector", "section.details svg.bars")
+    assert svgs
+    for svg in svgs[:12]:  # the first protocol's plots; every plot is built by the same code
+        frame = _rects(board_page, [svg])[0]
+        bar_labels = svg.find_elements("css selector", "text.bar-label")
+        for label, box in zip(bar_labels, _rects(board_page, bar_labels), strict=True):
+            assert _inside(box, frame), f"bar label {label.text!r} is cut off"
+        refs = svg.find_elements("css selector", "text.ref-label")
+        boxes = _rects(board_page, refs)
+        for i, box in enumerate(boxes):
+            assert _inside(box, frame), refs[i].text
+            assert not any(_overlap(box, other) for other in boxes[i + 1:]), refs[i].text

@@ -13,7 +13,8 @@ from bench.leaderboard.markdown import render_board_markdown
 __all__ = ["ANALYSIS_FILE", "build"]
 
 ANALYSIS_FILE = "analysis.md"
-"""Hand-written analysis beside the board (``leaderboard/analysis.md``); both renderings show it first."""
+"""Hand-written analysis beside the board (``leaderboard/analysis.md``): first in the Markdown board, right
+after the headline tables in the HTML one."""
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ def build(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
     """Validate and aggregate every record under ``results_dir``; write ``README.md`` and ``index.html``.
 
     Both files are written atomically. Invalid record files are logged and listed on the board, not used.
-    A hand-written ``<out_dir>/analysis.md``, when present, is shown above the tables in both; the findings
-    under each table are recomputed from the records (:mod:`bench.leaderboard.summary`).
+    A hand-written ``<out_dir>/analysis.md``, when present, is shown above the detailed tables in both (in the
+    HTML page after the headline tables it explains); the findings under each table are recomputed from the
+    records (:mod:`bench.leaderboard.summary`).
 
     Args:
         results_dir: Folder of result records (``leaderboard/results``).

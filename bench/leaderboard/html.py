@@ -1,5 +1,8 @@
 """A static HTML board (``leaderboard/index.html``) that works offline from the file system.
 
+It opens with the answer: per dataset a compact headline table (with the Test and Random references and the
+published CDVAE row beside the runs) and the quality-versus-cost plot, every point labelled; the written
+analysis and the details (every row and metric, findings, per-metric plots) follow.
 Everything is inline: CSS, a few lines of JavaScript (sortable columns, a family filter) and SVG plots
 generated in Python. The page loads nothing from the network; links to papers are plain anchors.
 """
@@ -13,6 +16,7 @@ from html import escape
 
 from bench.leaderboard.aggregate import (
     QUALITY_METRIC,
+    RERUN_KINDS,
     Row,
     best_per_column,
     metric_columns,
@@ -32,6 +36,14 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
+from bench.leaderboard.headline import (
+    REFERENCE_MODELS,
+    SHOW_METRICS,
+    protocol_order,
+    row_labels,
+    short_protocol,
+    train_steps,
+)
 from bench.leaderboard.published import published_meta
 from bench.leaderboard.summary import summary_markdown
 from bench.leaderboard.svg import Bar, Point, bars_svg, family_colors, scatter_svg
@@ -42,14 +54,14 @@ _CSS = """
 :root { --fg:#1d1d1f; --muted:#666; --line:#ddd; --best:#fff4c2; --bg-alt:#f7f7f9; }
 * { box-sizing: border-box; }
 body { font: 14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif; color: var(--fg); margin: 0;
-       padding: 24px 32px 48px; max-width: 1600px; }
+       padding: 16px 32px 48px; max-width: 1600px; }
 h1 { margin: 0 0 4px; font-size: 26px; } h2 { margin: 36px 0 8px; font-size: 21px;
        border-bottom: 2px solid var(--line); padding-bottom: 4px; }
 h3 { margin: 22px 0 6px; font-size: 16px; }
-p.lead, .muted { color: var(--muted); }
-nav a { margin-right: 14px; }
-.controls { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; margin: 14px 0;
-            padding: 10px 14px;
+.lead, .muted { color: var(--muted); }
+nav { display: inline; } nav a { margin-right: 12px; } .lead { margin: 2px 0 6px; }
+.controls { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; margin: 8px 0;
+            padding: 6px 14px;
             background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px; }
 .controls label { white-space: nowrap; cursor: pointer; }
 .swatch { display: inline-block; width: 11px; height: 11px; border-radius: 50%; margin: 0 4px 0 2px;
@@ -86,6 +98,29 @@ table.board td.reason { text-align: left; white-space: normal; font-size: 12.5px
 .findings li, #analysis li { margin: 2px 0; }
 .filtered { display: none !important; }
 section.published { border-left: 4px solid #e8d9a8; padding-left: 12px; }
+nav .muted { margin-left: 18px; margin-right: 8px; }
+.controls details.legend { margin: 0 0 0 auto; } .controls details.legend[open] { flex-basis: 100%; }
+details.legend summary { cursor: pointer; }
+section.glance h2 { margin-top: 16px; }
+table.glance th, table.glance td { padding-top: 3px; padding-bottom: 3px; }
+.tabs { display: flex; flex-wrap: wrap; gap: 6px; align-items: center; margin: 6px 0 4px; }
+.tabs .tab { font: inherit; font-size: 13px; padding: 3px 10px; border: 1px solid #bbb; border-radius: 14px;
+             background: #fff; cursor: pointer; }
+.tabs .tab[aria-selected=true] { background: #1d1d1f; color: #fff; border-color: #1d1d1f; }
+p.facts { margin: 4px 0; font-size: 13px; }
+.glance-body { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: flex-start; }
+.glance-table { max-width: 100%; } .glance-table p.note { max-width: 860px; }
+figure.glance-plot { margin: 0; max-width: 100%; }
+figure.glance-plot svg, .plots svg { max-width: 100%; height: auto; }
+table.glance th { cursor: default; position: static; }
+table.glance th:hover { background: #f0f1f4; }
+table.glance td.label { text-align: left; }
+td.label .seg { white-space: nowrap; }
+tr.glance-ref td { color: #555; font-style: italic; background: #f6f6f6; }
+tr.first-ref td { border-top: 2px solid #bbb; }
+tr.glance-published td { color: #6b4e00; background: #fffaf0; }
+tr.glance-published td.label, tr.glance-ref td.label { font-style: normal; }
+p.more { margin: 6px 0 0; font-size: 13px; }
 """
 
 _JS = """
@@ -147,6 +182,16 @@ _JS = """
     box.addEventListener('change', applyFilter);
   });
   applyFilter();
+  Array.prototype.forEach.call(document.querySelectorAll('.tabs .tab'), function (tab) {
+    tab.addEventListener('click', function () {
+      var section = tab.closest('section');
+      Array.prototype.forEach.call(section.querySelectorAll('.tabs .tab'), function (other) {
+        var selected = other === tab;
+        other.setAttribute('aria-selected', selected ? 'true' : 'false');
+        document.getElementById(other.getAttribute('aria-controls')).hidden = !selected;
+      });
+    });
+  });
 })();
 """
 
@@ -201,17 +246,22 @@ def _metric_headers(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
 
 
 def _name_td(row: Row) -> str:
+    """The row's name; a reference row shows its model (``Test``) and says what it is in the tooltip."""
     badges = ""
     if row.kind in ("reference", "external"):
         badges += f'<span class="badge {row.kind}">{row.kind}</span>'
     if row.status != "complete":
         badges += f'<span class="badge failed">{escape(row.status.replace("_", " "))}</span>'
-    return _td("model", row.name, f'<span class="name">{escape(row.name)}</span>{badges}', cls="text")
+    shown, title = (row.model, row.variant) if row.kind == "reference" else (row.name, "")
+    return _td("model", row.name, f'<span class="name">{escape(shown)}</span>{badges}', cls="text",
+               title=title)
 
 
 def _protocol_td(row: Row) -> str:
+    """The protocol's short id (the full label in the tooltip), so a row stays one line high."""
     badge = "" if row.official else '<span class="badge unofficial">not official</span>'
-    return _td("protocol", row.protocol, f"{escape(row.protocol)}{badge}", cls="text")
+    content = f'<span class="name">{escape(short_protocol(row))}</span>{badge}'
+    return _td("protocol", row.protocol, content, cls="text", title=row.protocol)
 
 
 def _own_table(dataset: str, rows: Sequence[Row]) -> str:
@@ -302,55 +352,64 @@ def _published_section(dataset: str, rows: Sequence[Row]) -> str:
     )
 
 
-def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
+def _scatter(runs: Sequence[Row], labels: dict[int, str], colors: dict[str, str],
+             refs: Sequence[Row] = ()) -> str:
+    """The quality-versus-cost plot of one protocol's complete runs, every point labelled, the reference rows
+    as lines, and a note naming the runs it cannot show."""
+    points, missing = [], []
+    for r in runs:
+        q, x = quality(r), total_seconds(r)
+        if q is None or x is None or x <= 0:
+            missing.append(labels[id(r)])
+            continue
+        y_name = QUALITY_METRIC if QUALITY_METRIC in r.metrics else "valid"
+        points.append(
+            Point(
+                labels[id(r)],
+                r.family,
+                x,
+                q,
+                f"{r.name} ({r.family}): {y_name} {q:.3f}, train+sample {x:,.0f} s, {len(r.seeds)} seed(s)",
+            )
+        )
+    parts = []
+    if points:
+        parts.append(
+            scatter_svg(
+                points,
+                colors,
+                title="Quality versus cost",
+                x_label="train + sample seconds (log scale)",
+                y_label="valid·unique·novel rate (else valid)",
+                refs=[(r.model, q) for r in refs if (q := quality(r)) is not None],
+            )
+        )
+    if missing:
+        parts.append(
+            f'<p class="note">Not in the quality-versus-cost plot (no quality or no recorded cost): '
+            f"{escape(', '.join(missing))}.</p>"
+        )
+    return "".join(parts)
+
+
+def _bar_plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
+    """Per protocol, one bar plot per metric of the complete runs, the reference rows as dashed lines."""
     by_protocol: dict[str, list[Row]] = defaultdict(list)
     for row in rows:
         by_protocol[row.protocol_id].append(row)
     parts = []
-    for protocol_rows in by_protocol.values():
+    for pid in protocol_order(rows):
+        protocol_rows = by_protocol[pid]
         runs = [r for r in protocol_rows if r.is_rerun]
         refs = [r for r in protocol_rows if r.kind == "reference" and r.status == "complete"]
         if not runs:
             continue
-        label = protocol_rows[0].protocol
-        points, missing = [], []
-        for r in runs:
-            q, x = quality(r), total_seconds(r)
-            if q is None or x is None or x <= 0:
-                missing.append(r.name)
-                continue
-            y_name = QUALITY_METRIC if QUALITY_METRIC in r.metrics else "valid"
-            points.append(
-                Point(
-                    r.name,
-                    r.family,
-                    x,
-                    q,
-                    f"{r.name} ({r.family}): {y_name} {q:.3f}, "
-                    f"train+sample {x:,.0f} s, {len(r.seeds)} seed(s)",
-                )
-            )
-        parts.append(
-            f'<h3>Plots <span class="muted">(protocol: {escape(label)})</span></h3><div class="plots">'
-        )
-        if points:
-            parts.append(
-                scatter_svg(
-                    points,
-                    colors,
-                    title="Quality versus cost",
-                    x_label="train + sample seconds (log scale)",
-                    y_label="valid·unique·novel rate (else valid)",
-                )
-            )
-        parts.append("</div>")
-        if missing:
-            parts.append(
-                f'<p class="note">Not in the quality-versus-cost plot (no quality or no recorded cost): '
-                f"{escape(', '.join(missing))}.</p>"
-            )
-        parts.append('<div class="plots">')
         ordered = sorted(runs, key=lambda r: (r.family, r.name.lower()))
+        labels = dict(zip(map(id, ordered), row_labels(ordered), strict=True))
+        parts.append(
+            f'<h3>Per-metric plots <span class="muted">(protocol: {escape(protocol_rows[0].protocol)})'
+            f'</span></h3><div class="plots">'
+        )
         not_applicable: dict[str, list[str]] = defaultdict(list)
         for name in metric_columns(runs):
             reason = next((r.metrics[name].not_applicable for r in runs
@@ -365,11 +424,12 @@ def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
                     continue
                 low, high = s.ci if s.ci is not None else (None, None)
                 ci_text = f" [{fmt_value(low)}, {fmt_value(high)}]" if s.ci else " (1 seed, no CI)"
-                bars.append(Bar(r.name, r.family, s.mean, low, high, f"{r.name}: {fmt_mean_std(s)}{ci_text}"))
+                bars.append(Bar(labels[id(r)], r.family, s.mean, low, high,
+                                f"{r.name}: {fmt_mean_std(s)}{ci_text}"))
             if not bars:
                 continue
             ref_lines = [
-                (r.name, r.metrics[name].mean)
+                (r.model, r.metrics[name].mean)
                 for r in refs
                 if name in r.metrics and r.metrics[name].mean is not None
             ]
@@ -382,6 +442,152 @@ def _plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
             parts.append(
                 f'<p class="note">Not plotted, n/a ({escape(reason)}): {escape(", ".join(names))}.</p>'
             )
+    return "".join(parts)
+
+
+def _label_html(label: str) -> str:
+    """A row label that may wrap only after a ``+`` (model+sampler), never inside a name."""
+    pieces = label.split("+")
+    return "<wbr>+".join(f'<span class="seg">{escape(p)}</span>' for p in pieces)
+
+
+def _glance_metric_td(row: Row, name: str, best: bool, reported: bool = False) -> str:
+    summary = row.metrics.get(name)
+    if summary is not None and summary.not_applicable:
+        return f'<td class="na" title="{escape(summary.not_applicable)}">{NA}</td>'
+    if summary is None or summary.mean is None:
+        return f"<td>{DASH}</td>"
+    main = escape(fmt_mean_std(summary, reported=reported))
+    if reported:
+        return f'<td><span class="m">{main}</span></td>'
+    values = ", ".join(fmt_value(v) for v in summary.values)
+    cls = ' class="best"' if best else ""
+    return (f'<td{cls} title="per seed: {escape(values)}"><span class="m">{main}</span>'
+            f'<span class="ci">{escape(fmt_ci(summary))}</span></td>')
+
+
+def _glance_row(row: Row, label: str, columns: Sequence[str], best: set[str], *, cls: str, badge: str) -> str:
+    name = f'<span class="name">{_label_html(label)}</span>{badge}'
+    cells = [f'<td class="label text" title="{escape(row.name)}">{name}</td>']
+    if row.kind == "published":
+        cells.append('<td class="muted">paper</td>')
+        cells += [_glance_metric_td(row, m, False, reported=True) for m in columns]
+    elif row.kind == "reference" and row.status == "complete":  # one draw each: the value, no interval
+        cells.append(f"<td>{len(row.seeds)}</td>")
+        cells += [_glance_metric_td(row, m, False, reported=True) for m in columns]
+    elif row.status == "complete":
+        seeds = ", ".join(map(str, row.seeds))
+        cells.append(f'<td title="seeds: {seeds}">{len(row.seeds)}</td>')
+        cells += [_glance_metric_td(row, m, m in best) for m in columns]
+    else:
+        cells.append(f"<td>{DASH}</td>")
+        reason = escape(truncate(row.reason or "no reason recorded", 160))
+        cells.append(
+            f'<td class="reason" colspan="{len(columns)}" title="{escape(row.reason or "")}">'
+            f"<b>{escape(row.status.replace('_', ' '))}</b>: {reason}</td>"
+        )
+    return f'<tr class="{cls}" data-family="{escape(row.family)}">{"".join(cells)}</tr>'
+
+
+def _glance_panel(dataset: str, k: int, rows: Sequence[Row], cdvae: Row | None, colors: dict[str, str],
+                  *, shown: bool, tabbed: bool) -> str:
+    """One protocol's first screen: the headline table (the runs by name, no ranking implied beyond the
+    highlighted leads; then the Test and Random references and the published CDVAE row) and the
+    quality-versus-cost plot."""
+    runs = sorted((r for r in rows if r.kind in RERUN_KINDS),
+                  key=lambda r: (r.status != "complete", r.kind != "run", r.name.lower()))
+    refs = sorted((r for r in rows if r.kind == "reference" and r.status == "complete"
+                   and r.model in REFERENCE_MODELS), key=lambda r: REFERENCE_MODELS.index(r.model))
+    present = set(metric_columns([*runs, *refs]))
+    columns = [m for m in SHOW_METRICS if m in present]
+    best_idx = best_per_column(runs, columns)
+    labels = dict(zip(map(id, runs), row_labels(runs), strict=True))
+    first = rows[0]
+    steps = train_steps(rows)
+    facts = [f"<b>{escape(short_protocol(first))}</b>"]
+    if steps:
+        facts.append(f"{steps:,.0f} training steps")
+    facts.append("official protocol" if first.official else "not the official protocol")
+    facts.append(f'<span class="muted">{escape(first.protocol)}</span>')
+    head = ['<th class="text">model</th>', '<th title="training seeds pooled in the row">seeds</th>']
+    for name in columns:
+        summary = next(r.metrics[name] for r in [*runs, *refs] if name in r.metrics)
+        head.append(f'<th title="{escape(summary.description)}">{escape(name).replace("_", "_<wbr>")} '
+                    f"{arrow(summary.direction)}</th>")
+    body = [
+        _glance_row(r, labels[id(r)], columns, {m for m in columns if i in best_idx.get(m, set())},
+                    cls=f"glance-run status-{escape(r.status)}",
+                    badge="" if r.kind == "run" else f'<span class="badge {r.kind}">{r.kind}</span>')
+        for i, r in enumerate(runs)
+    ]
+    body += [
+        _glance_row(r, r.model, columns, set(), cls="glance-ref" + (" first-ref" if j == 0 else ""),
+                    badge='<span class="badge reference">reference</span>')
+        for j, r in enumerate(refs)
+    ]
+    if cdvae is not None:
+        body.append(_glance_row(cdvae, cdvae.model, columns, set(), cls="glance-published",
+                                badge='<span class="badge published">reported, not re-run</span>'))
+    meta = published_meta()
+    notes = ["Cells: mean ± standard deviation over seeds, the 95% interval of the mean below; highlighted: "
+             "a lead that holds (Welch's t-test)."]
+    if refs:
+        notes.append(f"{' and '.join(r.model for r in refs)}: reference rows of this protocol, scored by the "
+                     "same suite (Test: the test split itself, the ceiling; Random: random crystals, the "
+                     "floor).")
+    if cdvae is not None:
+        notes.append(f"CDVAE: reported by {escape(meta['short_citation'])} on their protocol "
+                     f"({escape(meta['protocol'])}), not re-run here: not comparable.")
+    scatter = _scatter([r for r in runs if r.is_rerun], labels, colors, refs)
+    hidden = "" if shown else " hidden"
+    tab = f' role="tabpanel" aria-labelledby="tab-{escape(dataset)}-{k}"' if tabbed else ""
+    return (
+        f'<div class="glance-panel" id="panel-{escape(dataset)}-{k}"{tab} '
+        f'data-protocol="{escape(first.protocol_id)}"{hidden}>'
+        f'<p class="facts">{" · ".join(f for f in facts if f)}</p>'
+        f'<div class="glance-body"><div class="glance-table"><div class="table-wrap">'
+        f'<table class="board glance" id="glance-{escape(dataset)}-{k}">'
+        f'<thead><tr>{"".join(head)}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>'
+        f'<p class="note">{" ".join(notes)}</p></div>'
+        f'<figure class="glance-plot">{scatter}</figure></div></div>'
+    )
+
+
+def _glance(dataset: str, own: Sequence[Row], published: Sequence[Row], colors: dict[str, str]) -> str:
+    """A dataset's first screen: a tab per protocol (the primary one open), each with its headline table and
+    plot."""
+    cdvae = next((r for r in published if r.model == "CDVAE"), None)
+    parts = [f'<section class="dataset glance" id="ds-{escape(dataset)}"><h2>{escape(dataset)}</h2>']
+    if not own:
+        parts.append(
+            '<p class="muted">No runs of this project on this dataset yet; the published numbers are under '
+            f'<a href="#details-{escape(dataset)}">details</a>.</p></section>'
+        )
+        return "".join(parts)
+    order = protocol_order(own)
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in own:
+        by_protocol[row.protocol_id].append(row)
+    if len(order) > 1:
+        tabs = []
+        for k, pid in enumerate(order):
+            rows = by_protocol[pid]
+            steps = train_steps(rows)
+            text = short_protocol(rows[0]) + (f" · {steps:,.0f} steps" if steps else "")
+            tabs.append(
+                f'<button type="button" class="tab" role="tab" id="tab-{escape(dataset)}-{k}" '
+                f'aria-controls="panel-{escape(dataset)}-{k}" '
+                f'aria-selected="{"true" if k == 0 else "false"}">'
+                f"{escape(text)}</button>"
+            )
+        parts.append(f'<div class="tabs" role="tablist" aria-label="split protocol">'
+                     f'<span class="muted">Protocol:</span>{"".join(tabs)}</div>')
+    for k, pid in enumerate(order):
+        parts.append(_glance_panel(dataset, k, by_protocol[pid], cdvae, colors, shown=k == 0,
+                                   tabbed=len(order) > 1))
+    parts.append(f'<p class="more"><a href="#details-{escape(dataset)}">Every row, metric and finding of '
+                 f"{escape(dataset)} ↓</a></p></section>")
     return "".join(parts)
 
 
@@ -411,7 +617,7 @@ def _legend() -> str:
         f"({escape(meta['protocol'])}).",
     ]
     return (
-        '<details class="legend" open><summary>How to read this page</summary><ul>'
+        '<details class="legend"><summary>How to read this page</summary><ul>'
         + "".join(f"<li>{item}</li>" for item in items)
         + "</ul></details>"
     )
@@ -478,10 +684,16 @@ def markdown_block(text: str) -> str:
 def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysis: str | None = None) -> str:
     """Render a :class:`Board` as one self-contained HTML page (inline CSS, JS and SVG; no network).
 
+    The page opens with the answer: per dataset, the headline table of its primary protocol (runs best first,
+    the Test and Random references and the published CDVAE row beside them) and the quality-versus-cost plot,
+    with a tab per other protocol. The hand-written analysis follows, then the details: every row and metric,
+    the findings, the per-metric plots and the published tables.
+
     Args:
         board: The aggregated board.
         title: Page title.
-        analysis: Hand-written Markdown (``leaderboard/analysis.md``), under "Analysis" before the tables.
+        analysis: Hand-written Markdown (``leaderboard/analysis.md``), under "Analysis" after the headline
+            tables.
     """
     colors = family_colors(r.family for r in board.rows)
     datasets = board.datasets()
@@ -490,24 +702,31 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
         f'<span class="swatch" style="background:{colors[fam]}"></span>{escape(fam)}</label>'
         for fam in sorted(colors)
     )
-    nav = "".join(f'<a href="#ds-{escape(d)}">{escape(d)}</a>' for d in datasets)
-    sections = []
+    has_analysis = bool(analysis and analysis.strip())
+    links = [f'<a href="#ds-{escape(d)}">{escape(d)}</a>' for d in datasets]
+    if has_analysis:
+        links.append('<a href="#analysis">analysis</a>')
+    links.append("<span class=\"muted\">details:</span>" + "".join(
+        f'<a href="#details-{escape(d)}">{escape(d)}</a>' for d in datasets))
+    glances, details = [], []
     for dataset in datasets:
         own, published = board.own_rows(dataset), board.published_rows(dataset)
-        parts = [f'<section class="dataset" id="ds-{escape(dataset)}"><h2>{escape(dataset)}</h2>']
+        glances.append(_glance(dataset, own, published, colors))
+        parts = [f'<section class="dataset details" id="details-{escape(dataset)}">'
+                 f'<h2>{escape(dataset)}: every row, finding and metric</h2>']
         if own:
             parts.append(_own_table(dataset, own))
             found = summary_markdown(own, dataset)
             if found:
                 block = markdown_block(chr(10).join(found))
                 parts.append(f'<div class="findings"><h3>Findings</h3>{block}</div>')
-            parts.append(_plots(own, colors))
+            parts.append(_bar_plots(own, colors))
         else:
             parts.append('<p class="muted">No runs of this project on this dataset yet.</p>')
         if published:
             parts.append(_published_section(dataset, published))
         parts.append("</section>")
-        sections.append("".join(parts))
+        details.append("".join(parts))
     excluded = ""
     if board.excluded:
         items = "".join(
@@ -524,17 +743,17 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
         else '<p class="muted">No result records yet: run <code>matgenbench run</code>.</p>'
     )
     n = board.n_records
-    analysis_html = (f'<section id="analysis"><h2>Analysis</h2>{markdown_block(analysis)}</section>'
-                     if analysis and analysis.strip() else "")
+    analysis_html = (f'<section id="analysis"><h2>Analysis</h2>{markdown_block(analysis or "")}</section>'
+                     if has_analysis else "")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{escape(title)}</h1>"
-        '<p class="lead">Generative models of crystals trained and scored the same way. '
+        '<div class="lead">Generative models of crystals trained and scored the same way. '
         f"Built from {n} result "
-        f"record{'s' if n != 1 else ''}, each validated against <code>record.schema.json</code>.</p>"
-        f"<nav>{nav}</nav></header>"
-        f'<div class="controls"><b>Families</b>{filters}</div>{_legend()}{empty}'
-        f"{analysis_html}{''.join(sections)}{excluded}<script>{_JS}</script></body></html>\n"
+        f"record{'s' if n != 1 else ''}, each validated against <code>record.schema.json</code>. "
+        f"<nav>{''.join(links)}</nav></div></header>"
+        f'<div class="controls"><b>Families</b>{filters}{_legend()}</div>{empty}'
+        f"{''.join(glances)}{analysis_html}{''.join(details)}{excluded}<script>{_JS}</script></body></html>\n"
     )

@@ -1,7 +1,10 @@
 """Inline SVG plots for the HTML board, generated as text: deterministic, testable, no plotting library.
 
-Two plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn) and per-metric bars
-(mean with confidence-interval whiskers, reference values as dashed lines).
+Two plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn, every point labelled)
+and per-metric horizontal bars (mean with confidence-interval whiskers, reference values as dashed lines).
+No label is cut short or drawn over another: widths are estimated (:func:`bench.leaderboard.placement.
+text_width`), the plots grow to fit their labels, and point labels are placed clear of each other
+(:func:`bench.leaderboard.placement.place_point_labels`).
 """
 
 from __future__ import annotations
@@ -12,8 +15,22 @@ from dataclasses import dataclass
 from html import escape
 
 from bench.leaderboard.aggregate import pareto_front
+from bench.leaderboard.placement import (
+    ASCENT,
+    Box,
+    leader,
+    needed_height,
+    place_line_labels,
+    place_point_labels,
+    stack_labels,
+    text_height,
+    text_width,
+)
 
-__all__ = ["FAMILY_COLORS", "Point", "Bar", "family_colors", "scatter_svg", "bars_svg", "nice_ceiling"]
+__all__ = [
+    "FAMILY_COLORS", "Point", "Bar", "family_colors", "scatter_svg", "bars_svg", "nice_ceiling", "nice_ticks",
+    "log_ticks",
+]
 
 # Okabe-Ito colour-blind-safe palette; the usual families keep their colour across datasets and builds.
 FAMILY_COLORS = {
@@ -27,6 +44,8 @@ FAMILY_COLORS = {
 }
 _SPARE_COLORS = ("#000000", "#8C564B", "#17BECF", "#BCBD22", "#9467BD", "#E377C2")
 _FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif"
+_HALO = 'paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
+"""A white outline under label text, so a label stays legible where it crosses a grid or front line."""
 
 
 @dataclass(frozen=True)
@@ -77,17 +96,55 @@ def nice_ceiling(x: float) -> float:
     return 10 * base
 
 
+def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About ``n`` equal steps of 1, 2, 2.5 or 5 × 10^k covering ``[lo, hi]``; the first and last tick are the
+    axis ends."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return [0.0, 1.0]
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    step = nice_ceiling((hi - lo) / n)
+    start = math.floor(lo / step + 1e-9) * step
+    stop = math.ceil(hi / step - 1e-9) * step
+    return [round(start + k * step, 12) for k in range(int(round((stop - start) / step)) + 1)]
+
+
+def _log_domain(xs: Sequence[float]) -> tuple[float, float]:
+    """``(lo, hi)`` in log10 units around the positive ``xs``: the data's range padded by a tenth on each side
+    (at least a third of a decade wide), so close costs are spread over the plot instead of crowding into
+    one decade."""
+    logs = [math.log10(x) for x in xs if x > 0]
+    if not logs:
+        return 0.0, 1.0
+    a, b = min(logs), max(logs)
+    span = max(b - a, 1 / 3)
+    mid = (a + b) / 2
+    return mid - span * 0.6, mid + span * 0.6
+
+
+def log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log10 axis from ``10**lo`` to ``10**hi``: the first of 1-2-5, 1-2-3-5, 1-9 and
+    1-1.5-2-...-9 steps that gives 3 to 12 ticks spread over most of the axis; decades on a long axis."""
+    for mantissas in () if hi - lo > 2.5 else ((1, 2, 5), (1, 2, 3, 5), (1, 2, 3, 4, 5, 6, 7, 8, 9),
+                      (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = [
+            m * 10.0**k
+            for k in range(math.floor(lo), math.ceil(hi) + 1)
+            for m in mantissas
+            if lo - 1e-9 <= math.log10(m * 10.0**k) <= hi + 1e-9
+        ]
+        if 3 <= len(ticks) <= 12 and math.log10(ticks[-1] / ticks[0]) >= 0.6 * (hi - lo):
+            return ticks
+    decades = [10.0**k for k in range(math.ceil(lo), math.floor(hi) + 1)]
+    return decades[:: max(1, math.ceil(len(decades) / 8))] or [10.0**lo, 10.0**hi]
+
+
 def _tick_label(v: float) -> str:
     if v == 0:
         return "0"
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:g}"
-
-
-def _short(label: str, limit: int = 17) -> str:
-    """Axis labels stay short; the full name is in the tooltip."""
-    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 def _legend(
@@ -116,26 +173,35 @@ def scatter_svg(
     y_label: str,
     width: int = 600,
     height: int = 380,
+    refs: Sequence[tuple[str, float]] = (),
 ) -> str:
-    """Quality (y, linear 0..1) against cost (x, log10) with the Pareto front (lower cost, higher quality).
+    """Quality (y, linear 0..1) against cost (x, log10) with the Pareto front (lower cost, higher quality);
+    every point carries its label, placed clear of the other labels and markers. Reference rows, which have
+    no cost, are horizontal dotted lines at their quality.
 
     Args:
-        points: Points with positive ``x``.
+        points: Points with positive ``x``; ``label`` is drawn beside the marker, ``title`` is its tooltip.
         colors: Family -> colour.
         title: Plot title.
         x_label: Label of the cost axis.
         y_label: Label of the quality axis.
-        width: Width in pixels.
-        height: Height in pixels.
+        width: Minimum width in pixels (the plot widens until the longest label fits beside any point).
+        height: Minimum height in pixels (it grows with the number of points).
+        refs: ``(label, quality)`` of reference rows (``Test``, ``Random``).
     """
-    left, right, top, bottom = 58, 130, 30, 48
-    pw, ph = width - left - right, height - top - bottom
-    logs = [math.log10(p.x) for p in points]
-    lo = math.floor(min(logs)) if logs else 0
-    hi = math.ceil(max(logs)) if logs else 1
-    if hi <= lo:
-        hi = lo + 1
-    y_top = max(1.0, max((p.y for p in points), default=1.0))
+    size, radius, gap = 11.0, 5.5, 8.0
+    fams = sorted({p.family for p in points})
+    front = pareto_front([(p.x, p.y) for p in points])
+    on_front = set(front)  # labelled in bold
+    legend_w = max([text_width(f, 11) for f in fams] + [text_width("Pareto front", 11)])
+    left, right, top, bottom = 58, int(math.ceil(legend_w + 36)), 30, 48
+    widths = [text_width(p.label, size, bold=i in on_front) for i, p in enumerate(points)]
+    # any point has at least half the plot's width on one side: room for its label there
+    pw = max(width - left - right, int(math.ceil(2 * (max(widths, default=0) + gap + 4))))
+    ph = max(height - top - bottom, needed_height(len(points), size))
+    width, height = left + pw + right, top + ph + bottom
+    lo, hi = _log_domain([p.x for p in points])
+    y_top = max([1.0, *(p.y for p in points), *(v for _, v in refs)])
 
     def sx(x: float) -> float:
         return left + (math.log10(x) - lo) / (hi - lo) * pw
@@ -150,13 +216,15 @@ def scatter_svg(
         f'<text x="{left}" y="18" font-size="13" font-weight="600" style="{_FONT}">{escape(title)}</text>',
         f'<g font-size="11" style="{_FONT}" fill="#555">',
     ]
-    step = 1 if hi - lo <= 6 else 2
-    for k in range(lo, hi + 1, step):
-        x = sx(10.0**k)
-        out.append(
-            f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="#e5e5e5"/>'
-            f'<text x="{_f(x)}" y="{top + ph + 15}" text-anchor="middle">{_tick_label(10.0**k)}</text>'
-        )
+    shown_until = -math.inf  # right edge of the last tick label: labels that would touch it are left out
+    for tick in log_ticks(lo, hi):
+        x = sx(tick)
+        out.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="#e5e5e5"/>')
+        text = _tick_label(tick)
+        half = text_width(text, 11) / 2
+        if x - half > shown_until + 6:
+            out.append(f'<text x="{_f(x)}" y="{top + ph + 15}" text-anchor="middle">{text}</text>')
+            shown_until = x + half
     for i in range(5):
         v = y_top * i / 4
         y = sy(v)
@@ -172,36 +240,55 @@ def scatter_svg(
         f'<text transform="translate(14 {_f(top + ph / 2)}) rotate(-90)" text-anchor="middle">'
         f"{escape(y_label)}</text></g>"
     )
-    front = pareto_front([(p.x, p.y) for p in points])
+    lines: list[Box] = []  # the front's segments, which reference labels keep off
     if front:
         xs = [sx(points[i].x) for i in front]
         ys = [sy(points[i].y) for i in front]
         path = f"M{_f(xs[0])},{_f(ys[0])}"
-        for x, y in zip(xs[1:], ys[1:], strict=True):
+        for k, (x, y) in enumerate(zip(xs[1:], ys[1:], strict=True)):
             path += f" H{_f(x)} V{_f(y)}"
+            lines += [Box(xs[k], ys[k] - 1, x, ys[k] + 1), Box(x - 1, y, x + 1, ys[k])]
         path += f" H{_f(left + pw)}"
+        lines.append(Box(xs[-1], ys[-1] - 1, left + pw, ys[-1] + 1))
         out.append(
             f'<path class="pareto" d="{path}" fill="none" stroke="#333" stroke-width="1.5" '
             'stroke-dasharray="5 3"/>'
         )
-    label_rank = {i: k for k, i in enumerate(front)}
-    for i, p in enumerate(points):
-        x, y = sx(p.x), sy(p.y)
-        tip = escape(p.title or f"{p.label}: {p.y:.3f} at {p.x:,.0f} s")
+    bounds = Box(left + 2, top + 2, left + pw - 2, top + ph - 2)
+    ref_texts = [f"{label} {value:.3f}" for label, value in refs]
+    markers = [Box(sx(p.x) - radius, sy(p.y) - radius, sx(p.x) + radius, sy(p.y) + radius) for p in points]
+    ref_boxes = place_line_labels([sy(v) for _, v in refs], [text_width(t, 10) for t in ref_texts],
+                                  left + pw - 4, bounds, avoid=[*markers, *lines])
+    for (label, value), text, box in zip(refs, ref_texts, ref_boxes, strict=True):
+        y = sy(value)
         out.append(
-            f'<g class="point" data-family="{escape(p.family)}"><title>{tip}</title>'
-            f'<circle cx="{_f(x)}" cy="{_f(y)}" r="5.5" fill="{colors.get(p.family, "#444")}" '
+            f'<g class="ref"><title>{escape(label)} (reference, no training cost): {value:.3f}</title>'
+            f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#888" stroke-width="1.2" '
+            f'stroke-dasharray="1.5 3"/><text class="ref-label" x="{_f(box.x1)}" '
+            f'y="{_f(box.y0 + ASCENT * 10)}" font-size="10" text-anchor="end" fill="#555" {_HALO} '
+            f'style="{_FONT}">{escape(text)}</text></g>'
+        )
+    centres = [(sx(p.x), sy(p.y)) for p in points]
+    labels = place_point_labels(centres, widths, bounds, size=size, gap=gap, radius=radius, taken=ref_boxes)
+    for i, (p, (x, y), lab) in enumerate(zip(points, centres, labels, strict=True)):
+        tip = escape(p.title or f"{p.label}: {p.y:.3f} at {p.x:,.0f} s")
+        part = [f'<g class="point" data-family="{escape(p.family)}"><title>{tip}</title>']
+        if lab.nudged:  # a thin leader from the marker to its label
+            x1, y1, x2, y2 = leader((x, y), lab, radius)
+            part.append(
+                f'<line class="leader" x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" '
+                'stroke="#777" stroke-width="0.9"/>'
+            )
+        part.append(
+            f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{radius}" fill="{colors.get(p.family, "#444")}" '
             f'stroke="#fff" stroke-width="1.2"/>'
         )
-        if i in label_rank:  # label the front; alternate above/below so neighbours do not collide
-            anchor, dx = ("end", -8) if x > left + pw - 90 else ("start", 8)
-            dy = -7 if label_rank[i] % 2 == 0 else 15
-            out.append(
-                f'<text x="{_f(x + dx)}" y="{_f(y + dy)}" font-size="11" text-anchor="{anchor}" '
-                f'style="{_FONT}">{escape(p.label)}</text>'
-            )
-        out.append("</g>")
-    fams = sorted({p.family for p in points})
+        weight = ' font-weight="600"' if i in on_front else ""
+        part.append(
+            f'<text class="point-label" x="{_f(lab.x)}" y="{_f(lab.baseline)}" font-size="{size:g}"{weight} '
+            f'text-anchor="{lab.anchor}" fill="#222" {_HALO} style="{_FONT}">{escape(p.label)}</text></g>'
+        )
+        out.append("".join(part))
     pareto_key = (
         '<line x1="{x}" y1="{y}" x2="{x2}" y2="{y}" stroke="#333" stroke-width="1.5" '
         'stroke-dasharray="5 3"/><text x="{tx}" y="{ty}">Pareto front</text>'
@@ -219,80 +306,98 @@ def bars_svg(
     *,
     refs: Sequence[tuple[str, float]] = (),
     description: str = "",
-    height: int = 270,
+    plot_width: int = 240,
 ) -> str:
-    """One bar per model variant (grouped, coloured by family) with CI whiskers; references as dashed lines.
+    """One horizontal bar per model variant (coloured by family, labelled in full on the left) with CI
+    whiskers; reference values as dashed vertical lines, labelled above the plot in as many rows as keep the
+    labels apart.
 
     Args:
         metric: Metric name (the title).
         direction: ``"max"`` or ``"min"``; a ``max`` metric that stays within [0, 1] gets a 0..1 axis.
-        bars: The bars, in display order.
+        bars: The bars, top to bottom.
         colors: Family -> colour.
-        refs: ``(label, value)`` of reference rows, drawn as dashed horizontal lines.
+        refs: ``(label, value)`` of reference rows (short labels: ``Test``, ``Random``).
         description: Tooltip text for the title.
-        height: Height in pixels.
+        plot_width: Width of the value axis in pixels.
     """
-    left, right, top, bottom = 58, 58, 30, 112
-    slot = 34
-    width = max(300, left + right + slot * max(len(bars), 1))
-    pw, ph = width - left - right, height - top - bottom
+    size, ref_size, slot, thickness = 11.0, 10.0, 20, 12
+    arrow = "↑ higher is better" if direction == "max" else "↓ lower is better"
+    title_w = text_width(metric, 13, bold=True) + text_width(f" {arrow}", 13)
+    label_w = max((text_width(b.label, size) for b in bars), default=0.0)
+    left, pw, right = int(math.ceil(label_w + 18)), plot_width, 24
+    width = int(math.ceil(max(left + pw + right, title_w + 20)))
+    values = [b.mean for b in bars] + [v for _, v in refs]
     highs = [b.high if b.high is not None else b.mean for b in bars] + [v for _, v in refs]
     lows = [b.low if b.low is not None else b.mean for b in bars] + [v for _, v in refs]
-    y_lo = min(0.0, min(lows, default=0.0))
-    y_hi = max(highs, default=1.0)
-    y_hi = 1.0 if direction == "max" and 0 <= y_hi <= 1 and y_lo >= 0 else nice_ceiling(y_hi)
-    if y_hi <= y_lo:
-        y_hi = y_lo + 1
+    # a non-negative metric keeps 0 as its axis end even when a t-interval dips below it; a rate stays in 0..1
+    v_lo = 0.0 if min(values, default=0.0) >= 0 else min(lows)
+    v_hi = max(highs, default=1.0)
+    unit = direction == "max" and 0 <= min(values, default=0.0) and max(values, default=1.0) <= 1
+    ticks = [0, 0.25, 0.5, 0.75, 1] if unit else nice_ticks(v_lo, v_hi)
+    lo, hi = ticks[0], ticks[-1]
 
-    def sy(v: float) -> float:
-        return top + (y_hi - v) / (y_hi - y_lo) * ph
+    def sx(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * pw
 
-    arrow = "↑ higher is better" if direction == "max" else "↓ lower is better"
+    ref_widths = [text_width(label, ref_size) for label, _ in refs]
+    stacked = stack_labels([sx(v) for _, v in refs], ref_widths, 4, width - 4)
+    n_rows = 1 + max((row for _, row in stacked), default=-1)
+    row_h = text_height(ref_size) + 2
+    top = int(math.ceil(26 + n_rows * row_h + (4 if refs else 0)))
+    ph = slot * max(len(bars), 1)
+    height = top + ph + 24
     out = [
         f'<svg class="plot bars" role="img" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}">',
         f"<title>{escape(metric)}: {escape(description or arrow)}</title>",
-        f'<text x="{left}" y="18" font-size="13" style="{_FONT}"><tspan font-weight="600">{escape(metric)}'
+        f'<text x="10" y="18" font-size="13" style="{_FONT}"><tspan font-weight="600">{escape(metric)}'
         f'</tspan> <tspan fill="#666">{arrow}</tspan></text>',
         f'<g font-size="11" style="{_FONT}" fill="#555">',
     ]
-    for i in range(5):
-        v = y_lo + (y_hi - y_lo) * i / 4
-        y = sy(v)
-        out.append(
-            f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#e5e5e5"/>'
-            f'<text x="{left - 6}" y="{_f(y + 4)}" text-anchor="end">{_tick_label(round(v, 6))}</text>'
-        )
-    out.append(f'<line x1="{left}" y1="{_f(sy(0))}" x2="{left + pw}" y2="{_f(sy(0))}" stroke="#999"/></g>')
-    bar_w = 22
+    tick_w = max(text_width(_tick_label(t), size) for t in ticks)
+    every = 1 if tick_w + 6 <= pw / (len(ticks) - 1) else 2
+    for k, t in enumerate(ticks):
+        x = sx(t)
+        out.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="#e5e5e5"/>')
+        if k % every == 0:
+            out.append(f'<text x="{_f(x)}" y="{top + ph + 15}" text-anchor="middle">{_tick_label(t)}</text>')
+    if lo <= 0 <= hi:
+        out.append(f'<line x1="{_f(sx(0))}" y1="{top}" x2="{_f(sx(0))}" y2="{top + ph}" stroke="#999"/>')
+    out.append("</g>")
+    zero = sx(min(max(0.0, lo), hi))
     for i, b in enumerate(bars):
-        cx = left + slot * (i + 0.5)
-        y0, y1 = sy(0), sy(b.mean)
+        cy = top + slot * (i + 0.5)
+        x1 = sx(b.mean)
         tip = escape(b.title or f"{b.label}: {b.mean:.4g}")
         part = [
             f'<g class="bar" data-family="{escape(b.family)}"><title>{tip}</title>',
-            f'<rect x="{_f(cx - bar_w / 2)}" y="{_f(min(y0, y1))}" width="{bar_w}" '
-            f'height="{_f(max(abs(y0 - y1), 0.8))}" fill="{colors.get(b.family, "#444")}"/>',
+            f'<rect x="{_f(min(zero, x1))}" y="{_f(cy - thickness / 2)}" '
+            f'width="{_f(max(abs(x1 - zero), 0.8))}" height="{thickness}" '
+            f'fill="{colors.get(b.family, "#444")}"/>',
         ]
-        if b.low is not None and b.high is not None:
-            ya, yb = sy(b.low), sy(b.high)
+        if b.low is not None and b.high is not None:  # an end cut at the axis has no cap
+            xa, xb = sx(max(b.low, lo)), sx(min(b.high, hi))
+            caps = "".join(f" M{_f(x)},{_f(cy - 4)} V{_f(cy + 4)}"
+                           for x, inside in ((xa, b.low >= lo), (xb, b.high <= hi)) if inside)
             part.append(
-                f'<path d="M{_f(cx)},{_f(ya)} V{_f(yb)} M{_f(cx - 5)},{_f(ya)} H{_f(cx + 5)} '
-                f'M{_f(cx - 5)},{_f(yb)} H{_f(cx + 5)}" stroke="#222" stroke-width="1.2" fill="none"/>'
+                f'<path d="M{_f(xa)},{_f(cy)} H{_f(xb)}{caps}" stroke="#222" stroke-width="1.2" fill="none"/>'
             )
-        lx, ly = cx + 3, top + ph + 10
+        baseline = cy - text_height(size) / 2 + ASCENT * size
         part.append(
-            f'<text x="{_f(lx)}" y="{_f(ly)}" font-size="11" text-anchor="end" style="{_FONT}" '
-            f'transform="rotate(-55 {_f(lx)} {_f(ly)})">{escape(_short(b.label))}</text></g>'
+            f'<text class="bar-label" x="{left - 8}" y="{_f(baseline)}" font-size="{size:g}" '
+            f'text-anchor="end" fill="#222" style="{_FONT}">{escape(b.label)}</text></g>'
         )
         out.append("".join(part))
-    for label, value in refs:
-        y = sy(value)
+    for (label, value), (x0, row) in zip(refs, stacked, strict=True):
+        x = sx(value)
+        label_top = 26 + row * row_h
         out.append(
             f'<g class="ref"><title>{escape(label)} (reference): {value:.4g}</title>'
-            f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#555" '
-            f'stroke-dasharray="4 3"/><text x="{left + pw + 4}" y="{_f(y + 4)}" font-size="10" '
-            f'fill="#555" style="{_FONT}">{escape(label)}</text></g>'
+            f'<line x1="{_f(x)}" y1="{_f(label_top + row_h)}" x2="{_f(x)}" y2="{top + ph}" stroke="#555" '
+            f'stroke-dasharray="4 3"/><text class="ref-label" x="{_f(x0)}" '
+            f'y="{_f(label_top + ASCENT * ref_size)}" font-size="{ref_size:g}" fill="#444" {_HALO} '
+            f'style="{_FONT}">{escape(label)}</text></g>'
         )
     out.append("</svg>")
     return "".join(out)

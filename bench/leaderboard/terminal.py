@@ -5,13 +5,12 @@ Readable from 80 columns up: by default only the headline metrics (:data:`SHOW_M
 has a short distinct label (:func:`row_label`: the variant, which names the model and any sampler, e.g.
 ``ddpm-eps-cosine+ddim-50``), protocols are named by their short id (:func:`short_protocol`), and when the
 table is wider than the terminal the layout sheds detail in a fixed order (intervals, then the family and
-cost columns, then the standard deviations) and says what it hid.
+cost columns, then the standard deviations) and says what it hid. The headline metrics and the labels live
+in :mod:`bench.leaderboard.headline`, shared with the HTML board.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from rich.text import Text
 
 from bench.leaderboard.aggregate import (
     COST_DIRECTIONS,
-    QUALITY_METRIC,
     Row,
     best_per_column,
     metric_columns,
@@ -42,17 +40,13 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
+from bench.leaderboard.headline import SHOW_METRICS, row_label, row_labels, short_protocol
 from bench.leaderboard.published import published_meta
 
 __all__ = [
     "SHOW_METRICS", "board_tables", "row_label", "row_labels", "short_protocol", "show", "sort_keys",
     "sorted_rows",
 ]
-
-SHOW_METRICS = (
-    "valid", QUALITY_METRIC, "cov_recall", "cov_precision", "wdist_density", "jsd_spacegroup",
-)
-"""The metrics ``leaderboard show`` prints unless ``--metrics`` says otherwise (``all``: every metric)."""
 
 
 def sort_keys(rows: Sequence[Row]) -> dict[str, str]:
@@ -76,53 +70,6 @@ def sorted_rows(rows: Sequence[Row], key: str, direction: str) -> list[Row]:
     for group in (competing, beside):
         group.sort(key=lambda r: r.mean(key), reverse=direction == "max")
     return competing + beside + rest
-
-
-def short_protocol(row: Row) -> str:
-    """A protocol's short id: the experiment and the sample count (``perov_5_offline n1000``), or the id."""
-    pid = row.protocol_id
-    if pid.startswith("published:"):
-        return "published"
-    name, _, rest = pid.partition("__")
-    count = re.search(r"_n(\d+)$", rest)
-    return f"{name} n{count.group(1)}" if count else name
-
-
-def row_label(row: Row) -> str:
-    """A short label: the variant (it names the model, and the sampler after ``+``) for runs, the model for
-    references and published rows; ``model/variant`` when the variant does not start with the model's name."""
-    if row.kind == "reference":
-        return f"{row.model} (ref)"
-    if row.kind == "published" or row.variant in ("", row.model):
-        return row.model
-    stem = row.model.replace("_", "-").lower()
-    named = row.variant.replace("_", "-").lower().startswith(stem)
-    label = row.variant if named else f"{row.model}/{row.variant}"
-    return f"{label} (ext)" if row.kind == "external" else label
-
-
-def row_labels(rows: Sequence[Row], *, protocol_column: bool = False) -> list[str]:
-    """:func:`row_label` of each row, made distinct within ``rows``: rows that share a label are told apart by
-    their protocol (unless a protocol column does it), then their status, then a number."""
-    labels = [row_label(r) for r in rows]
-    extras = [
-        (lambda r: "") if protocol_column else short_protocol,
-        lambda r: "" if r.status == "complete" else r.status.replace("_", " "),
-    ]
-    for extra in extras:
-        groups: dict[str, set[str]] = {}
-        for label, r in zip(labels, rows, strict=True):
-            groups.setdefault(label, set()).add(extra(r))
-        labels = [
-            f"{label} [{extra(r)}]" if len(groups[label]) > 1 and extra(r) else label
-            for label, r in zip(labels, rows, strict=True)
-        ]
-    seen: Counter[str] = Counter()
-    out = []
-    for label in labels:
-        seen[label] += 1
-        out.append(label if seen[label] == 1 else f"{label} #{seen[label]}")
-    return out
 
 
 @dataclass(frozen=True)
