@@ -226,7 +226,8 @@ def test_mean_std_and_bootstrap_ci_over_seeds() -> None:
     assert valid.mean == pytest.approx(0.9) and valid.std == pytest.approx(0.1)
     # 3 seeds: Student-t, 0.9 ± t(0.975, 2) · 0.1 / √3 with t(0.975, 2) = 4.302653 (printed t tables)
     assert valid.ci_method == "t"
-    assert valid.ci == pytest.approx((0.9 - 4.302653 * 0.1 / 3**0.5, 0.9 + 4.302653 * 0.1 / 3**0.5), abs=1e-6)
+    # = (0.652, 1.148), cut at 1: a fraction's interval never reaches past its range
+    assert valid.ci == pytest.approx((0.9 - 4.302653 * 0.1 / 3**0.5, 1.0), abs=1e-6)
     again = _by_name(aggregate(synthetic_records()))[("vae", "complete")].metrics["valid"].ci
     assert again == valid.ci, "the CI must be reproducible"
     assert vae.cost["train_seconds"] == pytest.approx(100.0) and vae.cost["parameters"] == 1000
@@ -257,6 +258,16 @@ def test_small_seed_counts_use_a_t_interval_not_the_bootstrap() -> None:
     many = [0.5 + 0.01 * i for i in range(MIN_BOOTSTRAP_SEEDS)]
     assert mean_ci(many)[1] == "bootstrap" and mean_ci(many[:-1])[1] == "t"
     assert mean_ci([0.5]) == (None, None)
+
+
+def test_intervals_are_cut_at_the_metric_s_range_only() -> None:
+    from bench.leaderboard.stats import clip_to_range
+
+    assert clip_to_range((0.917, 1.002), "valid") == (0.917, 1.0)
+    assert clip_to_range((-0.006, 0.061), "cov_precision") == (0.0, 0.061)
+    assert clip_to_range((-0.127, 2.122), "wdist_density") == (0.0, 2.122)  # a distance: no upper end
+    assert clip_to_range((-3.0, 5.0), "train_seconds") == (-3.0, 5.0)  # not a listed metric: unchanged
+    assert clip_to_range((1.2, 1.5), "valid") == (1.0, 1.0) and clip_to_range(None, "valid") is None
 
 
 def test_bootstrap_ci_is_deterministic_and_undefined_for_one_value() -> None:

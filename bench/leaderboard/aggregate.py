@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from bench.applicability import record_not_applicable
-from bench.leaderboard.stats import bootstrap_ci, compare, finite_values, mean_ci
+from bench.leaderboard.stats import bootstrap_ci, clip_to_range, compare, finite_values, mean_ci
 from bench.records import ResultRecord
 
 __all__ = [
@@ -161,12 +161,13 @@ def summarize(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> MetricSummary:
-    """Mean, sample standard deviation and 95% CI of the mean (:func:`bench.leaderboard.stats.mean_ci`) of the
-    finite ``values``."""
+    """Mean, sample standard deviation and 95% CI of the mean (:func:`bench.leaderboard.stats.mean_ci`, cut at
+    the metric's range by :func:`~bench.leaderboard.stats.clip_to_range`) of the finite ``values``."""
     finite = tuple(finite_values(values))
     mean = float(np.mean(finite)) if finite else None
     std = float(np.std(finite, ddof=1)) if len(finite) > 1 else None
     ci, method = mean_ci(finite, n_resamples=n_resamples, seed=seed)
+    ci = clip_to_range(ci, name)
     return MetricSummary(name, direction, finite, mean, std, ci, description, method)
 
 

@@ -11,6 +11,10 @@
   0.998 against 1.000 is never a lead: rounding and a single structure in a thousand make such gaps), and
   Welch's unequal-variance t-test (:func:`welch_p`, scipy) gives p < :data:`ALPHA`. Interval overlap alone
   never decides.
+- **Intervals stay inside a metric's range** (:data:`METRIC_RANGES`): a t interval is symmetric, so around a
+  fraction near 1 it can reach past 1 (valid ``[0.917, 1.002]``); it is cut at the range's ends
+  (:func:`clip_to_range`). The cut keeps the interval's coverage (the mean lies in the range) and only drops
+  values no metric can take.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ __all__ = [
     "MIN_BOOTSTRAP_SEEDS",
     "MIN_DISPLAY_UNITS",
     "Comparison",
+    "METRIC_RANGES",
     "bootstrap_ci",
+    "clip_to_range",
     "compare",
     "finite_values",
     "mean_ci",
@@ -47,6 +53,30 @@ MIN_BOOTSTRAP_SEEDS = 10
 """From this many seeds on the interval is a percentile bootstrap; below it, Student-t."""
 MIN_DISPLAY_UNITS = 2
 """A lead must be more than this many units of the last shown digit (1.000 vs 0.998 is 2 units: no lead)."""
+
+_FRACTIONS = ("struct_valid", "comp_valid", "valid", "unique", "novel", "memorized", "vun_rate", "cov_recall",
+              "cov_precision", "test_recall")
+_NON_NEGATIVE = ("wdist_density", "wdist_num_elems", "wdist_prop", "jsd_spacegroup", "jsd_elements",
+                 "amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision", "comp_div", "struct_div")
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    **{name: (0.0, 1.0) for name in _FRACTIONS},
+    **{name: (0.0, None) for name in _NON_NEGATIVE},
+}
+"""``metric -> (lowest, highest)`` value it can take (None: unbounded); metrics not listed are not cut."""
+
+
+def clip_to_range(ci: tuple[float, float] | None, metric: str) -> tuple[float, float] | None:
+    """``ci`` cut at the ends of ``metric``'s range (:data:`METRIC_RANGES`); unchanged for other metrics."""
+    if ci is None or metric not in METRIC_RANGES:
+        return ci
+    low, high = METRIC_RANGES[metric]
+    lo, hi = ci
+    if low is not None:
+        lo, hi = max(lo, low), max(hi, low)
+    if high is not None:
+        lo, hi = min(lo, high), min(hi, high)
+    return lo, hi
+
 
 Verdict = Literal["holds", "not_separated", "undefined", "too_close", "tied"]
 
