@@ -28,7 +28,7 @@ from bench.config import (
 )
 from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
-from bench.rundirs import check_samples, find_trained_run, samples_path
+from bench.rundirs import check_samples, find_trained_run, record_variant, samples_path
 from bench.runtime import load_dataset_split, split_info
 from bench.structures_io import read_samples, samples_digest
 
@@ -199,6 +199,8 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     own_family = "external" if external else cfg.model.family
     family = cfg.evaluate.get("family") or meta.get("family") or own_family
     variant = cfg.evaluate.get("variant") or meta.get("variant") or (model if external else cfg.model.variant)
+    if not external and not cfg.evaluate.get("variant"):  # a hyperparameter override is a row of its own
+        variant = record_variant(cfg, str(variant))
     cost = {
         "train_seconds": train_summary.get("train_seconds"),
         "train_steps": train_summary.get("steps"),

@@ -29,7 +29,7 @@ def failed_record(cfg: DictConfig, stage: str, err: BaseException) -> ResultReco
     return ResultRecord(
         model=str(cfg.model.name),
         family=str(cfg.model.family),
-        variant=str(cfg.model.variant),
+        variant=_variant(cfg),
         dataset=str(cfg.dataset.name),
         split_protocol=split.get("label", "unknown"),
         split=split,
@@ -40,6 +40,15 @@ def failed_record(cfg: DictConfig, stage: str, err: BaseException) -> ResultReco
         config=record_config(cfg),
         config_hash=config_hash(cfg),
     )
+
+
+def _variant(cfg: DictConfig) -> str:
+    try:
+        from bench.rundirs import record_variant
+
+        return record_variant(cfg, str(cfg.model.variant))
+    except Exception:  # the failure may be in the model config itself
+        return str(cfg.model.get("variant", "?"))
 
 
 def run(cfg: DictConfig) -> tuple[ResultRecord | None, Path | None]:

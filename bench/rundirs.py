@@ -40,6 +40,8 @@ __all__ = [
     "finished_training",
     "is_trained",
     "run_dir",
+    "override_tag",
+    "record_variant",
     "sampler_override",
     "sampler_tag",
     "samples_key",
@@ -374,3 +376,98 @@ def check_samples(meta: Mapping[str, Any], cfg: DictConfig, path: str | Path) ->
                 f"for {wanted}): sample again with these overrides (matgenbench sample ...), or score the "
                 f"file as it is with samples={path}"
             )
+
+
+# Keys of a model config that describe it rather than shape it, and the sampler (labelled by sampler_tag).
+_MODEL_BOOKKEEPING = ("name", "family", "variant", "card", "test_overrides")
+# Config groups a model's sub-node can be chosen from (``scheduler@model.scheduler=cosine``): a node equal to
+# one of the group's presets is labelled by its name.
+_GROUP_OF_KEY = {"scheduler": "scheduler", "backbone": "backbone", "ema": "callbacks"}
+
+
+def override_tag(cfg: DictConfig | Mapping[str, Any]) -> str | None:
+    """How ``cfg.model`` differs from its variant's own config (``conf/model/<name>.yaml`` as composed with no
+    override), as ``key=value`` parts joined by ``+`` (``beta=4``, ``scheduler=cosine``,
+    ``backbone.width=256``); None when it does not. The sampler is left out (:func:`sampler_tag` labels it),
+    as are the descriptive keys (name, family, variant, card, test_overrides).
+
+    The board groups rows by the record's variant, so a hyperparameter override is a row of its own and never
+    pools with the default's seeds (:func:`record_variant`). Values are compared unresolved, so an
+    interpolation such as a schedule's ``T_max: ${trainer.max_steps}`` is the same under every protocol.
+    """
+    from bench.config import compose
+
+    model = cfg.get("model") if isinstance(cfg, Mapping) else OmegaConf.select(cfg, "model")
+    name = model.get("name") if model is not None else None
+    if not name:
+        return None
+    try:
+        default = compose([f"model={name}"]).model
+    except Exception:  # a model config that is not one of conf/model: nothing to compare with
+        return None
+    ours, base = (_descriptive_free(m) for m in (model, default))
+    parts: list[str] = []
+    _diff_parts("", ours, base, parts)
+    return "+".join(parts) or None
+
+
+def record_variant(cfg: DictConfig, variant: str) -> str:
+    """``variant`` (the model's, possibly followed by ``+<sampler tag>``) with :func:`override_tag` inserted
+    after the model's own variant name: ``vae-gaussian+beta=4``, ``ddpm-eps-cosine+timesteps=500+ddim-50``."""
+    tag = override_tag(cfg)
+    base = str(OmegaConf.select(cfg, "model.variant") or "")
+    if not tag or not base or not variant.startswith(base):
+        return variant
+    return f"{base}+{tag}{variant[len(base):]}"
+
+
+def _descriptive_free(model: Any) -> dict[str, Any]:
+    plain = OmegaConf.to_container(model, resolve=False) if not isinstance(model, dict) else dict(model)
+    plain = {k: v for k, v in plain.items() if k not in _MODEL_BOOKKEEPING}
+    module = plain.get("module")
+    if isinstance(module, dict):
+        plain["module"] = {k: v for k, v in module.items() if k != "sampler"}
+    return plain
+
+
+def _diff_parts(prefix: str, ours: Any, base: Any, parts: list[str]) -> None:
+    if ours == base:
+        return
+    key = prefix.removeprefix("module.")
+    if isinstance(ours, dict) and isinstance(base, dict) and ours.get("_target_") == base.get("_target_"):
+        for sub in sorted(set(ours) | set(base), key=str):
+            _diff_parts(f"{prefix}.{sub}" if prefix else str(sub), ours.get(sub), base.get(sub), parts)
+        return
+    if isinstance(ours, dict):
+        preset = _group_preset(prefix.rsplit(".", 1)[-1], ours)
+        target = str(ours.get("_target_", "")).rsplit(".", 1)[-1]
+        parts.append(f"{key}={preset or target or _compact(ours)}")
+        return
+    parts.append(f"{key}={_compact(ours)}")
+
+
+def _group_preset(key: str, node: dict[str, Any]) -> str | None:
+    """The name of the ``conf/<group>/`` preset equal to ``node``, if any."""
+    from importlib import resources
+
+    import yaml
+
+    from bench.config import CONFIG_MODULE
+
+    group = _GROUP_OF_KEY.get(key)
+    if group is None:
+        return None
+    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            preset = {k: v for k, v in preset.items() if k != "defaults"}
+            if preset == node:
+                return path.name.removesuffix(".yaml")
+    return None
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return "null" if value is None else str(value)

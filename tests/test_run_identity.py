@@ -240,3 +240,39 @@ def test_runs_that_differ_only_in_sampling_train_once(
                  "model.module.sampler.steps=2", "train.reuse=false")
     run(again)
     assert summary.stat().st_mtime_ns != stamp
+
+
+def test_a_variant_s_own_config_has_no_override_tag_and_overrides_are_named() -> None:
+    from bench.models import model_names
+
+    from bench.rundirs import override_tag, record_variant
+
+    for name in model_names():  # the published rows keep their variant names
+        assert override_tag(compose([f"model={name}", "experiment=perov_5_offline"])) is None, name
+    cases = {
+        ("model=vae", "model.module.beta=4"): "beta=4",
+        ("model=diffcsp", "scheduler@model.scheduler=cosine"): "scheduler=cosine",
+        ("model=diffcsp", "model.module.backbone.width=256", "model.module.sampler.steps=100"):
+            "backbone.width=256",  # the sampler is labelled by its own tag, not here
+        ("model=ddpm", "sampler@model.module.sampler=ddim"): None,
+        ("model=diffcsp", "model.callbacks.ema.decay=0.99", "model.module.time_dim=32"):
+            "callbacks.ema.decay=0.99+time_dim=32",
+    }
+    for overrides, tag in cases.items():
+        assert override_tag(compose(list(overrides))) == tag, overrides
+    cfg = compose(["model=ddpm", "model.module.timesteps=500"])
+    assert record_variant(cfg, "ddpm-eps-cosine+ddim-50") == "ddpm-eps-cosine+timesteps=500+ddim-50"
+
+
+def test_a_hyperparameter_override_is_a_row_of_its_own(tmp_path: Path) -> None:
+    """Seeds of ``model.module.beta=4`` never pool with the default's: the record's variant names the override
+    and the board makes two rows."""
+    from bench.leaderboard.aggregate import aggregate
+    from bench.run import run
+
+    plain, _ = run(_cfg(tmp_path, "model=vae", "trainer.max_steps=2"))
+    beta, _ = run(_cfg(tmp_path, "model=vae", "trainer.max_steps=2", "model.module.beta=4"))
+    assert plain.variant == "vae-gaussian+backbone.d_model=16+backbone.n_heads=2+backbone.n_layers=1"
+    assert beta.variant == f"{plain.variant.split('+')[0]}+backbone.d_model=16+backbone.n_heads=2" \
+        "+backbone.n_layers=1+beta=4"
+    assert len(aggregate([plain, beta])) == 2

@@ -171,7 +171,8 @@ def test_sampling_a_swept_run_with_another_sampler_finds_its_trained_run(tmp_pat
     assert scored.returncode == 0, scored.stderr[-3000:]
     records = (tmp_path / "results" / "tiny").glob("*.json")
     variants = sorted(json.loads(p.read_text())["variant"] for p in records)
-    assert variants == ["ddpm-eps-cosine"] * 2 + ["ddpm-eps-cosine+ddim-3"] * 2
+    tiny = "ddpm-eps-cosine+backbone.d_model=16+backbone.n_heads=2+backbone.n_layers=1"  # SHRINK's widths
+    assert variants == [tiny] * 2 + [f"{tiny}+ddim-3"] * 2
 
 
 def test_no_trained_run_is_found_for_an_untrained_config(tmp_path: Path) -> None:
