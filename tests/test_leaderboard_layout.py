@@ -138,8 +138,8 @@ def test_bar_plot_keeps_long_labels_whole() -> None:
 
 
 def _row(protocol: str, model: str, *, steps: float | None = None, official: bool = False,
-         kind: str = "run") -> Row:
-    row = Row("perov_5", protocol, protocol, official, model, "f", model, kind, seeds=(0,))
+         kind: str = "run", seeds: tuple[int, ...] = (0,)) -> Row:
+    row = Row("perov_5", protocol, protocol, official, model, "f", model, kind, seeds=seeds)
     row.metrics["valid"] = MetricSummary("valid", "max", (0.9,), 0.9, None, None)
     if steps is not None:
         row.cost["train_steps"] = steps
@@ -151,6 +151,11 @@ def test_the_primary_protocol_is_official_then_the_longest_budget() -> None:
             _row("refs_only", "Test", kind="reference")]
     assert protocol_order(rows) == ["long", "short", "refs_only"]
     assert protocol_order([*rows, _row("official", "a", steps=100, official=True)])[0] == "official"
+    # a longer budget with one 2-seed row does not open the page over a 3-seed comparison of models
+    compared = [_row("12k", m, steps=12000, seeds=(0, 1, 2)) for m in ("a", "b")]
+    assert protocol_order([*compared, _row("30k", "a", steps=30000, seeds=(0, 1))]) == ["12k", "30k"]
+    longer = [_row("30k", m, steps=30000, seeds=(0, 1, 2)) for m in "ab"]
+    assert protocol_order([*compared, *longer])[0] == "30k"
 
 
 def _record(model: str, protocol: str, seed: int, vun: float, *, kind: str = "run", steps: int = 2000,

@@ -82,20 +82,30 @@ def train_steps(rows: Sequence[Row]) -> float | None:
     return max(steps) if steps else None
 
 
+MIN_COMPARED_ROWS = 2
+"""A protocol "compares models" with at least this many rows of runs ..."""
+MIN_COMPARED_SEEDS = 3
+"""... each with at least this many seeds."""
+
+
 def protocol_order(rows: Sequence[Row]) -> list[str]:
     """Protocol ids of ``rows`` (one dataset, published rows left out), the primary one first.
 
-    The primary protocol is the one a reader should see first: official before offline, then the longest
-    training budget (:func:`train_steps`), then the most competing rows; protocols without a complete run
-    come last. Ties go by protocol id, so the order is stable.
+    The primary protocol is the one a reader should see first: official before offline, then one that compares
+    models (at least :data:`MIN_COMPARED_ROWS` rows of runs with :data:`MIN_COMPARED_SEEDS` seeds or more: a
+    single long-budget experiment is not the answer to "which model"), then the longest training budget
+    (:func:`train_steps`), then the most competing rows; protocols without a complete run come last. Ties go
+    by protocol id, so the order is stable.
     """
     by_id: dict[str, list[Row]] = {}
     for row in rows:
         by_id.setdefault(row.protocol_id, []).append(row)
 
-    def key(pid: str) -> tuple[bool, bool, float, int, str]:
+    def key(pid: str) -> tuple[bool, bool, bool, float, int, str]:
         group = by_id[pid]
         runs = [r for r in group if r.is_rerun]
-        return (not runs, not any(r.official for r in group), -(train_steps(group) or 0.0), -len(runs), pid)
+        compared = sum(1 for r in runs if len(r.seeds) >= MIN_COMPARED_SEEDS) >= MIN_COMPARED_ROWS
+        return (not runs, not any(r.official for r in group), not compared, -(train_steps(group) or 0.0),
+                -len(runs), pid)
 
     return sorted(by_id, key=key)
