@@ -89,6 +89,8 @@ class PeriodicMPNN(nn.Module):
         num_frequencies: harmonics of the Fourier features of fractional differences.
         out_scale: output channels per field channel (2 for a flow coupling's scale and shift).
         zero_init: start the output heads at zero.
+        atom_heads: build the per-atom type and coordinate heads; without them the network only reads a
+            crystal out (its lattice head and, on request, its pooled atom features), e.g. as a GAN critic.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class PeriodicMPNN(nn.Module):
         num_frequencies: int = 8,
         out_scale: int = 1,
         zero_init: bool = False,
+        atom_heads: bool = True,
     ) -> None:
         super().__init__()
         if type_dim < 1 or width < 1 or n_layers < 1 or num_frequencies < 1:
@@ -111,24 +114,31 @@ class PeriodicMPNN(nn.Module):
         self.cond_dim = int(cond_dim)
         self.num_frequencies = int(num_frequencies)
         self.out_scale = int(out_scale)
+        self.width = int(width)
         self.type_in = nn.Linear(self.type_dim, width)
         self.lattice_in = nn.Linear(6, width)
         self.cond_in = nn.Linear(self.cond_dim, width) if self.cond_dim > 0 else None
         edge_width = 6 + 6 * self.num_frequencies
         self.layers = nn.ModuleList(_Layer(width, edge_width) for _ in range(n_layers))
         self.norm = nn.LayerNorm(width)
-        self.types_out = nn.Linear(width, self.type_dim * self.out_scale)
-        self.frac_out = nn.Linear(width, 3 * self.out_scale)
+        self.types_out = nn.Linear(width, self.type_dim * self.out_scale) if atom_heads else None
+        self.frac_out = nn.Linear(width, 3 * self.out_scale) if atom_heads else None
         self.lattice_out = nn.Sequential(
             nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 6 * self.out_scale)
         )
         if zero_init:
             for head in (self.types_out, self.frac_out, self.lattice_out[-1]):
+                if head is None:
+                    continue
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
 
     def forward(
-        self, batch: Mapping[str, Tensor], mask: Tensor, cond: Tensor | None = None
+        self,
+        batch: Mapping[str, Tensor],
+        mask: Tensor,
+        cond: Tensor | None = None,
+        return_pooled: bool = False,
     ) -> dict[str, Tensor]:
         """Per-atom type and coordinate outputs and a per-crystal lattice output.
 
@@ -138,10 +148,12 @@ class PeriodicMPNN(nn.Module):
             mask: ``[B, N]``, 1 for the atoms of the crystal and 0 for empty slots (ignored by every sum;
                 their outputs are zero).
             cond: ``[B, cond_dim]`` when the network is conditioned.
+            return_pooled: also return ``pooled`` ``[B, width]``, the mean of the final atom features over the
+                crystal's atoms (invariant to permutations, translations and lattice shifts of single atoms).
 
         Returns:
-            ``atom_types`` ``[B, N, type_dim * out_scale]``, ``frac_coords`` ``[B, N, 3 * out_scale]``,
-            ``lattice`` ``[B, 6 * out_scale]``.
+            ``atom_types`` ``[B, N, type_dim * out_scale]`` and ``frac_coords`` ``[B, N, 3 * out_scale]``
+            (with ``atom_heads``), ``lattice`` ``[B, 6 * out_scale]``, and ``pooled`` if asked for.
         """
         if self.cond_in is not None and cond is None:
             raise ValueError(f"this network is conditioned (cond_dim={self.cond_dim}) but no cond was given")
@@ -163,8 +175,11 @@ class PeriodicMPNN(nn.Module):
         h = self.norm(h) * mask.unsqueeze(-1)
         pooled = h.sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1.0)
         m = mask.unsqueeze(-1)
-        return {
-            "atom_types": self.types_out(h) * m,
-            "frac_coords": self.frac_out(h) * m,
-            "lattice": self.lattice_out(pooled),
-        }
+        out = {}
+        if self.types_out is not None and self.frac_out is not None:
+            out["atom_types"] = self.types_out(h) * m
+            out["frac_coords"] = self.frac_out(h) * m
+        out["lattice"] = self.lattice_out(pooled)
+        if return_pooled:
+            out["pooled"] = pooled
+        return out

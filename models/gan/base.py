@@ -147,18 +147,35 @@ class CrystalGAN(GenerativeModule):
         self.clip_value = None if clip_value is None else float(clip_value)
         self.site_noise = bool(site_noise)
         self.hard_types = bool(hard_types)
-        self.generator = backbone(
-            num_types=num_types,
-            max_atoms=max_atoms,
-            cond_dim=self.noise_dim,
-            slot_embeddings=True,
-            field_inputs=self.site_noise,
-        )
-        self.critic = backbone(num_types=num_types, max_atoms=max_atoms, pooled_dim=1, field_heads=False)
+        self.generator, self.critic = self.build_networks(backbone)
         # Counts critic updates, so the generator cadence survives a checkpoint resume.
         self.register_buffer("critic_updates", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ networks
+    def build_networks(
+        self, backbone: Callable[..., torch.nn.Module]
+    ) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """The generator and the critic from the backbone partial (called in ``__init__`` once the settings
+        are set); a variant on another backbone overrides it together with :meth:`generate`, :meth:`score`
+        and :meth:`_noise`."""
+        generator = backbone(
+            num_types=self.num_types,
+            max_atoms=self.max_atoms,
+            cond_dim=self.noise_dim,
+            slot_embeddings=True,
+            field_inputs=self.site_noise,
+        )
+        critic = backbone(num_types=self.num_types, max_atoms=self.max_atoms, pooled_dim=1, field_heads=False)
+        return generator, critic
+
+    def real_fields(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """What the critic reads of a training batch."""
+        return {k: batch[k] for k in FIELDS}
+
+    def fake_like(self, real: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """As many generated crystals as ``real`` holds, to set against it in a critic step."""
+        return self.generate(self._noise(real["lattice"].shape[0]))
+
     def generate(self, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Crystals from noise: types (one-hot or probabilities), coordinates in ``[0, 1)``, lattice.
 
@@ -202,9 +219,9 @@ class CrystalGAN(GenerativeModule):
         ``wasserstein`` is that gap whatever the loss: the Wasserstein estimate for a Wasserstein critic, a
         separation score for the others.
         """
-        real = {k: batch[k] for k in FIELDS}
+        real = self.real_fields(batch)
         with torch.no_grad():
-            fake = self.generate(self._noise(real["lattice"].shape[0]))
+            fake = self.fake_like(real)
         real_scores, fake_scores = self.score(real), self.score(fake)
         critic, _ = ADVERSARIAL_LOSSES[self.loss_name](real_scores, fake_scores)
         gap = real_scores.mean() - fake_scores.mean()
