@@ -266,6 +266,7 @@ def test_intervals_are_cut_at_the_metric_s_range_only() -> None:
     assert clip_to_range((0.917, 1.002), "valid") == (0.917, 1.0)
     assert clip_to_range((-0.006, 0.061), "cov_precision") == (0.0, 0.061)
     assert clip_to_range((-0.127, 2.122), "wdist_density") == (0.0, 2.122)  # a distance: no upper end
+    assert clip_to_range((0.899, 1.050), "jsd_spacegroup") == (0.899, 1.0)  # base-2 JS distance: at most 1
     assert clip_to_range((-3.0, 5.0), "train_seconds") == (-3.0, 5.0)  # not a listed metric: unchanged
     assert clip_to_range((1.2, 1.5), "valid") == (1.0, 1.0) and clip_to_range(None, "valid") is None
 

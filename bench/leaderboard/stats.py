@@ -54,10 +54,11 @@ MIN_BOOTSTRAP_SEEDS = 10
 MIN_DISPLAY_UNITS = 2
 """A lead must be more than this many units of the last shown digit (1.000 vs 0.998 is 2 units: no lead)."""
 
+# Fractions, and the Jensen-Shannon distances in base 2 (bench.metrics.distribution), lie in [0, 1].
 _FRACTIONS = ("struct_valid", "comp_valid", "valid", "unique", "novel", "memorized", "vun_rate", "cov_recall",
-              "cov_precision", "test_recall")
-_NON_NEGATIVE = ("wdist_density", "wdist_num_elems", "wdist_prop", "jsd_spacegroup", "jsd_elements",
-                 "amsd_recall", "amsd_precision", "amcd_recall", "amcd_precision", "comp_div", "struct_div")
+              "cov_precision", "test_recall", "jsd_spacegroup", "jsd_elements")
+_NON_NEGATIVE = ("wdist_density", "wdist_num_elems", "wdist_prop", "amsd_recall", "amsd_precision",
+                 "amcd_recall", "amcd_precision", "comp_div", "struct_div")
 METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     **{name: (0.0, 1.0) for name in _FRACTIONS},
     **{name: (0.0, None) for name in _NON_NEGATIVE},
