@@ -82,13 +82,15 @@ def test_row_labels_name_model_variant_and_sampler() -> None:
 
     rows = [row("ddpm", "ddpm-eps-cosine"), row("ddpm", "ddpm-eps-cosine+ddim-50"), row("wgan_gp", "wgan-gp"),
             row("gan", "my-net"), row("Test", "the test split", "reference"), row("ddpm", "ddpm-eps-cosine",
-            status="failed"), row("ddpm", "ddpm-eps-cosine", pid="other__x_n500")]
+            status="failed"), row("ddpm", "ddpm-eps-cosine", pid="other__x_n500"),
+            row("wgan_gp_mpnn", "wgan-gp-periodic-mpnn"), row("wgan_gp_mpnn", "gan-mpnn")]
     assert row_labels(rows) == [
         "ddpm-eps-cosine [p]", "ddpm-eps-cosine+ddim-50", "wgan-gp", "gan/my-net", "Test (ref)",
-        "ddpm-eps-cosine [p] [failed]", "ddpm-eps-cosine [other n500]",
+        "ddpm-eps-cosine [p] [failed]", "ddpm-eps-cosine [other n500]", "wgan-gp-periodic-mpnn",
+        "wgan_gp_mpnn/gan-mpnn",
     ]
     with_column = row_labels(rows, protocol_column=True)
-    assert with_column[::5] == ["ddpm-eps-cosine", "ddpm-eps-cosine [failed]"]
+    assert with_column[:6:5] == ["ddpm-eps-cosine", "ddpm-eps-cosine [failed]"]
 
 
 def test_protocol_filter_and_metric_choice(tmp_path: Path) -> None:

@@ -41,13 +41,16 @@ def short_protocol(row: Row) -> str:
 
 def row_label(row: Row) -> str:
     """A short label: the variant (it names the model, and the sampler after ``+``) for runs, the model for
-    references and published rows; ``model/variant`` when the variant does not start with the model's name."""
+    references and published rows; ``model/variant`` when the variant does not hold every word of the model's
+    name."""
     if row.kind == "reference":
         return f"{row.model} (ref)"
     if row.kind == "published" or row.variant in ("", row.model):
         return row.model
-    stem = row.model.replace("_", "-").lower()
-    named = row.variant.replace("_", "-").lower().startswith(stem)
+    # the variant names the model when it holds each word of the model's name (wgan_gp_mpnn in
+    # wgan-gp-periodic-mpnn; gan not in my-net)
+    words = set(re.split(r"[-_+.]", row.variant.lower()))
+    named = all(word in words for word in re.split(r"[-_]", row.model.lower()) if word)
     label = row.variant if named else f"{row.model}/{row.variant}"
     return f"{label} (ext)" if row.kind == "external" else label
 
