@@ -56,9 +56,11 @@ def models(papers: bool = True) -> list[dict[str, str]]:
     out = []
     for name, path in _conf_files("model"):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        # a config's own ``paper`` (a variant of a shared class) wins over the class's
+        paper = (cfg.get("paper") or (_paper(name) if name in MODELS else "")) if papers else ""
         out.append({"name": name, "family": str(cfg.get("family", "")),
                     "variant": str(cfg.get("variant", "")),
-                    "paper": str(cfg.get("paper") or (_paper(name) if papers and name in MODELS else "")),
+                    "paper": str(paper),
                     "registered": "yes" if name in MODELS else "no"})
     return sorted(out, key=lambda m: (m["family"], m["name"]))
 
