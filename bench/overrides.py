@@ -255,9 +255,8 @@ def check_sweep_data(argv: Sequence[str]) -> str | None:
         return None
     from bench.config import as_path, cache_dir, compose
 
-    swept = {o.split("=")[0] for o in overrides if "," in o.partition("=")[2]}
     needed: dict[tuple[Any, ...], list[str]] = {}
-    for cell in cells:
+    for cell, label in cells:
         try:
             cfg = compose(cell)
         except Exception as err:  # composition problems are reported by Hydra itself
@@ -268,32 +267,33 @@ def check_sweep_data(argv: Sequence[str]) -> str | None:
         where = (as_path(OmegaConf.select(cfg, "paths.data_dir", default=None)), cache_dir(cfg),
                  bool(OmegaConf.select(cfg, "paths.download", default=True)))
         for split in sorted(str(s) for s in splits if s is not None):
-            label = " ".join(o for o in cell if o.split("=")[0] in swept
-                             and o.split("=")[0].split("@")[0].lstrip("+~").split(".")[0] in _DATA_KEYS)
             needed.setdefault((str(ds.name), split, *where), []).append(label)
     return _resolve_all(needed)
 
 
-def _data_cells(overrides: list[str]) -> list[list[str]] | None:
-    """The distinct data-relevant cells of a sweep: the product of the values of the dataset/experiment/paths
-    overrides, every other override at its first value. None when the sweep syntax is not a plain list."""
+def _data_cells(overrides: list[str]) -> list[tuple[list[str], str]] | None:
+    """The distinct data-relevant cells of a sweep, each with its label: the product of the values of the
+    swept dataset/experiment/paths overrides (the label names them), every other override at its first value.
+    None when the sweep syntax is not a plain list."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
-    axes: list[list[str]] = []
+    axes: list[list[tuple[str, bool]]] = []  # per override: (cell entry, whether it names the cell)
     for override in parsed:
         values = _values(override)
         if values is None:
             return None
         key = override.get_key_element()
         if not override.is_sweep_override():
-            axes.append([override.input_line])
-            continue
-        relevant = key.split("@")[0].lstrip("+~").split(".")[0].split("/")[0] in _DATA_KEYS
-        axes.append([f"{key}={v}" for v in (values if relevant else values[:1])])
-    return [list(cell) for cell in itertools.product(*axes)]
+            axes.append([(override.input_line, False)])
+        elif key.split("@")[0].lstrip("+~").split(".")[0].split("/")[0] in _DATA_KEYS:
+            axes.append([(f"{key}={v}", True) for v in values])
+        else:
+            axes.append([(f"{key}={values[0]}", False)])
+    return [([entry for entry, _ in cell], " ".join(entry for entry, named in cell if named))
+            for cell in itertools.product(*axes)]
 
 
 def _resolve_all(needed: dict[tuple[Any, ...], list[str]]) -> str | None:

@@ -397,7 +397,7 @@ def override_tag(cfg: DictConfig | Mapping[str, Any]) -> str | None:
     """
     from bench.config import compose
 
-    model = cfg.get("model") if isinstance(cfg, Mapping) else OmegaConf.select(cfg, "model")
+    model = cfg.get("model")
     name = model.get("name") if model is not None else None
     if not name:
         return None

@@ -20,14 +20,56 @@ from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
 from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
-__all__ = ["ATOM_FIELDS", "PeriodicCrystalModule"]
+__all__ = ["ATOM_FIELDS", "AtomCounts", "PeriodicCrystalModule"]
 
 ATOM_FIELDS = ("atom_types", "frac_coords")
 # A type score far outside the range of a continuous one-hot: pads and atoms decode to the right class.
 _PAD_SCORE = 1.0e4
 
 
-class PeriodicCrystalModule(GenerativeModule):
+class AtomCounts:
+    """The training set's distribution of atoms per crystal, for models that draw the atom count first.
+
+    A mixin for a :class:`~bench.models.base.GenerativeModule` (it reads ``max_atoms`` and ``device``): call
+    :meth:`register_atom_counts` in ``__init__``; :meth:`fit_data` fills the counts (``bench.train`` calls it
+    with the training batch), :meth:`draw_mask` samples atom masks from them.
+    """
+
+    atom_counts: Tensor
+    max_atoms: int
+
+    def register_atom_counts(self) -> None:
+        """The ``atom_counts`` buffer: how many training crystals have n atoms, n = 0..N (set by
+        :meth:`fit_data`; saved in checkpoints)."""
+        self.register_buffer("atom_counts", torch.zeros(self.max_atoms + 1))  # type: ignore[attr-defined]
+
+    def fit_data(self, data: Mapping[str, Tensor]) -> None:
+        """Count the training crystals per number of atoms; sampling draws the atom count from it."""
+        n_atoms = data["mask"].sum(dim=1).round().long().cpu()
+        counts = torch.bincount(n_atoms, minlength=self.max_atoms + 1).to(self.atom_counts)
+        self.atom_counts.copy_(counts[: self.max_atoms + 1])
+
+    def atom_mask(self, n_atoms: Tensor) -> Tensor:
+        """``[B, N]`` float mask whose row ``b`` holds ``n_atoms[b]`` atoms in its first slots."""
+        device = self.device  # type: ignore[attr-defined]
+        slots = torch.arange(self.max_atoms, device=device)
+        return (slots.unsqueeze(0) < n_atoms.to(device).unsqueeze(1)).to(torch.float32)
+
+    def draw_mask(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``[n, N]`` float mask of ``n`` crystals whose atom counts are drawn from the training
+        distribution."""
+        if float(self.atom_counts.sum()) <= 0:
+            raise RuntimeError(
+                "the atom-count distribution is empty: call fit_data(training batch) before training "
+                "(bench.train does), or load a checkpoint of a trained run"
+            )
+        probs = self.atom_counts / self.atom_counts.sum()
+        if generator is not None:
+            probs = probs.to(generator.device)
+        return self.atom_mask(torch.multinomial(probs, n, replacement=True, generator=generator))
+
+
+class PeriodicCrystalModule(AtomCounts, GenerativeModule):
     """A generative module over a drawn number of atoms (see the module docstring), with a time-conditioned
     network: a sinusoidal time embedding through a small MLP, and the backbone called with ``type_dim = K``
     and ``cond_dim = time_dim``.
@@ -51,8 +93,7 @@ class PeriodicCrystalModule(GenerativeModule):
         weights: Mapping[str, float],
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
-        # How many training crystals have n atoms, n = 0..N (set by fit_data; saved in checkpoints).
-        self.register_buffer("atom_counts", torch.zeros(max_atoms + 1))
+        self.register_atom_counts()
         self.time_dim = int(time_dim)
         self.weights = {key: float(weights[key]) for key in FIELDS}
         self.time_mlp = nn.Sequential(
@@ -86,27 +127,6 @@ class PeriodicCrystalModule(GenerativeModule):
     def weighted_total(self, terms: Mapping[str, Tensor]) -> Tensor:
         """``sum_f weight_f * terms[f"{f}_mse"]``."""
         return sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
-
-    def fit_data(self, data: Mapping[str, Tensor]) -> None:
-        """Count the training crystals per number of atoms; sampling draws the atom count from it."""
-        n_atoms = data["mask"].sum(dim=1).round().long().cpu()
-        counts = torch.bincount(n_atoms, minlength=self.max_atoms + 1).to(self.atom_counts)
-        self.atom_counts.copy_(counts[: self.max_atoms + 1])
-
-    def draw_mask(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``[n, N]`` float mask of ``n`` crystals whose atom counts are drawn from the training
-        distribution."""
-        if float(self.atom_counts.sum()) <= 0:
-            raise RuntimeError(
-                "the atom-count distribution is empty: call fit_data(training batch) before training "
-                "(bench.train does), or load a checkpoint of a trained run"
-            )
-        probs = self.atom_counts / self.atom_counts.sum()
-        if generator is not None:
-            probs = probs.to(generator.device)
-        n_atoms = torch.multinomial(probs, n, replacement=True, generator=generator).to(self.device)
-        slots = torch.arange(self.max_atoms, device=self.device)
-        return (slots.unsqueeze(0) < n_atoms.unsqueeze(1)).to(torch.float32)
 
     @staticmethod
     def data_fields(batch: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor]:

@@ -32,7 +32,7 @@ import torch
 from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory, periodic_difference
 from bench.models.gan.base import CrystalGAN, critic_gradient_penalty
-from bench.models.periodic_base import PeriodicCrystalModule
+from bench.models.periodic_base import AtomCounts, PeriodicCrystalModule
 from torch import Tensor, nn
 
 __all__ = ["CrystalPeriodicWGANGP", "PeriodicCritic", "PeriodicGenerator", "wrap"]
@@ -207,7 +207,7 @@ class PeriodicCritic(nn.Module):
         return self.readout(torch.cat([out["pooled"], out["lattice"]], dim=-1)).squeeze(-1)
 
 
-class CrystalPeriodicWGANGP(CrystalGAN):
+class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
     """WGAN-GP with a periodic message-passing generator and critic (see the module docstring).
 
     Args:
@@ -241,10 +241,6 @@ class CrystalPeriodicWGANGP(CrystalGAN):
         "Gulrajani, Ahmed, Arjovsky, Dumoulin, Courville (2017). Improved Training of Wasserstein GANs. "
         "NeurIPS. arXiv:1704.00028"
     )
-
-    # The atom-count distribution, as the periodic diffusion and flow models keep it.
-    fit_data = PeriodicCrystalModule.fit_data
-    draw_mask = PeriodicCrystalModule.draw_mask
 
     def __init__(
         self,
@@ -291,8 +287,8 @@ class CrystalPeriodicWGANGP(CrystalGAN):
             backbone, optimizer, num_types, max_atoms, noise_dim=noise_dim, n_critic=n_critic,
             loss="wasserstein", gp_weight=gp_weight, clip_value=None, site_noise=True, hard_types=hard_types,
         )
-        # How many training crystals have n atoms, n = 0..N (set by fit_data; saved in checkpoints).
-        self.register_buffer("atom_counts", torch.zeros(max_atoms + 1))
+        # The training set's atom-count distribution, kept as by the periodic diffusion and flow models.
+        self.register_atom_counts()
 
     # ------------------------------------------------------------------ networks
     def build_networks(self, backbone: Callable[..., PeriodicMPNN]) -> tuple[nn.Module, nn.Module]:

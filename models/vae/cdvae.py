@@ -29,6 +29,7 @@ from bench.models.diffusion.diffcsp import PredictorCorrectorSampler
 from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.embeddings import timestep_embedding
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
+from bench.models.vae.vae import GaussianLatent
 from torch import Tensor, nn
 
 __all__ = ["CrystalCDVAE", "gaussian_kl"]
@@ -44,7 +45,7 @@ def _head(width_in: int, hidden: int, width_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width_in, hidden), nn.SiLU(), nn.Linear(hidden, width_out))
 
 
-class CrystalCDVAE(PeriodicCrystalModule):
+class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
     """CDVAE: a periodic encoder to a Gaussian latent, property heads on the latent, and a latent-conditioned
     denoiser of the atoms.
 
@@ -164,24 +165,10 @@ class CrystalCDVAE(PeriodicCrystalModule):
         mu, logvar = self.encoder(x0, mask)["lattice"].chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 10.0)
 
-    def reparameterise(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        """A posterior draw ``z = mu + sigma eps``."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
-    def current_beta(self) -> float:
-        """``beta`` after the linear warm-up at the current global step."""
-        if self.kl_warmup_steps <= 0:
-            return self.beta
-        return self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps)
-
     def regulariser(self, mu: Tensor, logvar: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """``beta KL(q(z|x) || N(0, I))`` and the unweighted KL for logging."""
         kl = gaussian_kl(mu, logvar)
         return self.current_beta() * kl, {"kl": kl}
-
-    def sample_prior(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` latents from ``N(0, I)``."""
-        return self._randn((n, self.latent_dim), generator)
 
     def decode_stats(self, z: Tensor) -> dict[str, Tensor]:
         """What the heads read from ``z``: ``num_atoms`` logits over ``1..N`` ``[B, N]``, the standardised
@@ -243,9 +230,7 @@ class CrystalCDVAE(PeriodicCrystalModule):
         predictor-corrector sampler over the atom fields, on that fixed lattice."""
         z = self.sample_prior(n, generator)
         stats = self.decode_stats(z)
-        n_atoms = stats["num_atoms"].argmax(dim=-1) + 1
-        slots = torch.arange(self.max_atoms, device=self.device)
-        mask = (slots.unsqueeze(0) < n_atoms.unsqueeze(1)).to(torch.float32)
+        mask = self.atom_mask(stats["num_atoms"].argmax(dim=-1) + 1)
         lattice = stats["lattice"]
 
         all_shapes = self.field_shapes(n)

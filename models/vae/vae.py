@@ -18,10 +18,35 @@ from bench.models.backbone import CrystalTransformer
 from bench.models.base import GenerativeModule, OptimizerFactory, periodic_difference
 from torch import Tensor
 
-__all__ = ["CrystalVAE"]
+__all__ = ["CrystalVAE", "GaussianLatent"]
 
 
-class CrystalVAE(GenerativeModule):
+class GaussianLatent:
+    """What the VAE family's members share about their Gaussian latent: the posterior draw, the prior draw and
+    the warm-up of the KL weight. A mixin for a :class:`~bench.models.base.GenerativeModule` that sets
+    ``latent_dim``, ``beta`` and ``kl_warmup_steps``; variants override these hooks (a learned prior, another
+    posterior draw)."""
+
+    latent_dim: int
+    beta: float
+    kl_warmup_steps: int
+
+    def current_beta(self) -> float:
+        """``beta`` after the linear warm-up at the current global step."""
+        if self.kl_warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps)  # type: ignore[attr-defined]
+
+    def reparameterise(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        """A posterior draw ``z = mu + sigma eps`` (Kingma & Welling 2014, section 2.4)."""
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` latents from the prior (default ``N(0, I)``); variants with a learned prior override it."""
+        return self._randn((n, self.latent_dim), generator)  # type: ignore[attr-defined]
+
+
+class CrystalVAE(GaussianLatent, GenerativeModule):
     """Gaussian VAE with a transformer set encoder and a slot-embedding transformer decoder: the VAE family's
     base.
 
@@ -93,17 +118,7 @@ class CrystalVAE(GenerativeModule):
         """Type logits, raw fractional coordinates (read mod 1) and lattice parameters from latents ``z``."""
         return self.decoder(None, cond=z)
 
-    def current_beta(self) -> float:
-        """``beta`` after the linear warm-up at the current global step."""
-        if self.kl_warmup_steps <= 0:
-            return self.beta
-        return self.beta * min(1.0, (self.global_step + 1) / self.kl_warmup_steps)
-
     # ------------------------------------------------------------------ hooks of the family
-    def reparameterise(self, mu: Tensor, logvar: Tensor) -> Tensor:
-        """A posterior draw ``z = mu + sigma eps`` (Kingma & Welling 2014, section 2.4)."""
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-
     def reconstruction_terms(
         self, recon: Mapping[str, Tensor], batch: Mapping[str, Tensor]
     ) -> dict[str, Tensor]:
@@ -126,10 +141,6 @@ class CrystalVAE(GenerativeModule):
         """
         kl = (-0.5 * (1.0 + logvar - mu.pow(2) - logvar.exp()).sum(-1)).mean()
         return self.current_beta() * kl, {"kl": kl}
-
-    def sample_prior(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` latents from the prior (default ``N(0, I)``); variants with a learned prior override it."""
-        return self._randn((n, self.latent_dim), generator)
 
     # ------------------------------------------------------------------ the contract
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
