@@ -216,6 +216,12 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
         "sample_device": meta.get("device"),
         **(extra_cost or {}),
     }
+    if train_summary.get("stages"):  # a model trained in stages: each stage's steps, seconds and loss
+        cost["train_stages"] = [
+            {k: st.get(k) for k in ("name", "steps", "max_steps", "seconds", "loss_first", "loss_last",
+                                    "stopped_by_time")}
+            for st in train_summary["stages"]
+        ]
     return score(
         cfg, sample_set, model=str(model), family=str(family), variant=str(variant),
         kind="external" if external else "run", cost=cost,

@@ -21,7 +21,7 @@ from bench.records import peak_memory_mb
 from bench.rundirs import bind_run_dir, check_run, sampler_override, trained_run_files
 from bench.runtime import env_rank, load_dataset_split, seed_everything, set_threads
 
-__all__ = ["train", "build_module", "load_trained", "model_callbacks", "DictDataset"]
+__all__ = ["train", "build_module", "load_trained", "model_callbacks", "stage_plan", "DictDataset"]
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,109 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_json(run_dir / "codec.json", representation_state(representation))
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved(cfg))))
 
-    history = _LossHistory()
     ckpt_dir = run_dir / "checkpoints"
+    loaders = (train_loader, val_loader)
+    plan = stage_plan(cfg.model, int(cfg.trainer.get("max_steps") or -1))
+    if not plan:
+        trainer, losses, train_seconds, ckpt_path = _fit(cfg, module, loaders, run_dir, ckpt_dir,
+                                                          cfg.train.get("ckpt_path"))
+        stages = None
+    else:
+        trainer, losses, train_seconds, ckpt_path, stages = _fit_stages(cfg, module, loaders, run_dir,
+                                                                        ckpt_dir, plan)
+    # The full state (optimiser, loops) so that train.ckpt_path=last can resume; `weights_only` here says what
+    # is saved, not how it is loaded. A collective under DDP: every process calls it, rank zero writes.
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
+
+    window = max(1, min(20, len(losses) // 5))
+    max_steps = int(cfg.trainer.get("max_steps") or -1)
+    steps = int(trainer.global_step) if stages is None else sum(st["steps"] for st in stages)
+    summary = {
+        "model": cfg.model.name,
+        "dataset": cfg.dataset.name,
+        "train_split": cfg.dataset.train_split,
+        "n_train": len(train_split.structures),
+        "n_train_skipped": train_split.n_skipped,
+        "data_checksums": {cfg.dataset.train_split: train_split.checksums},
+        "steps": steps,
+        "epochs": int(trainer.current_epoch),
+        "max_steps": max_steps,
+        "max_time": cfg.trainer.get("max_time"),
+        "stopped_by_time": bool(max_steps > 0 and steps < max_steps),
+        "train_seconds": train_seconds,
+        "loss_first": float(sum(losses[:window]) / window) if losses else math.nan,
+        "loss_last": float(sum(losses[-window:]) / window) if losses else math.nan,
+        "parameters": int(n_params),
+        "peak_memory_mb": peak_memory_mb(),
+        "gpu_peak_memory_mb": (
+            torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+        ),
+        "config_hash": config_hash(cfg),
+        "training_hash": training_hash(cfg),  # what sample and evaluate check the run against
+        "checkpoint": str(ckpt_dir / "last.ckpt"),
+        "resumed_from": ckpt_path,
+        "world_size": int(trainer.world_size),
+        "global_zero": bool(trainer.is_global_zero),
+    }
+    if stages is not None:  # each stage's own cost and loss; the loss above is the last stage's
+        summary["stages"] = stages
+    if not trainer.is_global_zero:
+        return summary
+    atomic_write_json(run_dir / "train_summary.json", summary)
+    log.info(
+        "trained %d steps in %.1f s; train/loss %.4g -> %.4g",
+        summary["steps"], train_seconds, summary["loss_first"], summary["loss_last"],
+    )
+    return summary
+
+
+def stage_plan(model_cfg: DictConfig, max_steps: int) -> list[dict[str, Any]]:
+    """The training stages of a model config (``model.stages``: a list of ``{name, share}``), each with its
+    step budget: ``share`` of ``max_steps``, rounded, the last stage taking what is left so that the stages
+    together spend exactly the protocol's budget. Empty for a model that trains in one stage.
+
+    Raises:
+        ValueError: one line naming the problem: no stage names, shares that are not positive or do not sum
+            to 1, a stage named twice, or a step budget that is not fixed (``trainer.max_steps``).
+    """
+    nodes = model_cfg.get("stages") or []
+    if not nodes:
+        return []
+    names = [str(node.get("name") or "") for node in nodes]
+    shares = [float(node.get("share", 0.0)) for node in nodes]
+    name = model_cfg.get("name", "?")
+    if not all(names) or len(set(names)) != len(names):
+        raise ValueError(f"model {name}: every entry of model.stages needs its own name, got {names}")
+    if min(shares) <= 0 or abs(sum(shares) - 1.0) > 1e-6:
+        raise ValueError(
+            f"model {name}: the shares of model.stages must be positive and sum to 1, got {shares}"
+        )
+    if max_steps <= 0:
+        raise ValueError(
+            f"model {name} trains in stages ({', '.join(names)}), which split trainer.max_steps: set "
+            f"trainer.max_steps to a positive number (got {max_steps})"
+        )
+    plan, used = [], 0
+    for i, (stage, share) in enumerate(zip(names, shares, strict=True)):
+        steps = max_steps - used if i == len(names) - 1 else max(1, round(share * max_steps))
+        plan.append({"name": stage, "share": share, "max_steps": steps})
+        used += steps
+    return plan
+
+
+def _fit(
+    cfg: DictConfig, module: Any, loaders: tuple[Any, Any], run_dir: Path, ckpt_dir: Path,
+    ckpt_path: str | None, max_steps: int | None = None, max_seconds: float | None = None,
+) -> tuple[Any, list[float], float, str | None]:
+    """One Lightning fit of ``module`` with the trainer of ``cfg.trainer`` (``max_steps`` and a wall-clock
+    limit of ``max_seconds`` replace the config's when given), checkpointing into ``ckpt_dir``; resumes from
+    its ``last.ckpt`` when ``ckpt_path`` is ``"last"``. Returns the trainer, the loss per step, the seconds
+    and the checkpoint it resumed from."""
+    import datetime
+
+    import pytorch_lightning as pl
+
+    history = _LossHistory()
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step}", save_last=True, save_top_k=1,
         every_n_train_steps=int(cfg.train.get("ckpt_every_n_steps", 200)),
@@ -192,7 +293,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_kwargs = {k: v for k, v in trainer_cfg.items() if v is not None}
     trainer_kwargs.pop("_target_", None)
+    if max_steps is not None:
+        trainer_kwargs["max_steps"] = int(max_steps)
+    if max_seconds is not None:
+        trainer_kwargs["max_time"] = datetime.timedelta(seconds=max(1.0, float(max_seconds)))
     _check_strategy(trainer_kwargs)
+    train_loader, val_loader = loaders
     if val_loader is None:
         trainer_kwargs.pop("check_val_every_n_epoch", None)
         trainer_kwargs["limit_val_batches"] = 0
@@ -201,7 +307,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         default_root_dir=str(run_dir),
     )
 
-    ckpt_path = cfg.train.get("ckpt_path")
     if ckpt_path == "last":
         last = ckpt_dir / "last.ckpt"
         ckpt_path = str(last) if last.exists() else None
@@ -223,49 +328,88 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(err, NonFiniteLossError):
             log.error("training stopped: %s", err)
         raise
-    train_seconds = time.perf_counter() - start
-    # The full state (optimiser, loops) so that train.ckpt_path=last can resume; `weights_only` here says what
-    # is saved, not how it is loaded. A collective under DDP: every process calls it, rank zero writes.
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt", weights_only=False)
+    return trainer, history.losses, time.perf_counter() - start, ckpt_path
 
-    losses = history.losses
-    window = max(1, min(20, len(losses) // 5))
-    max_steps = int(cfg.trainer.get("max_steps") or -1)
-    summary = {
-        "model": cfg.model.name,
-        "dataset": cfg.dataset.name,
-        "train_split": cfg.dataset.train_split,
-        "n_train": len(train_split.structures),
-        "n_train_skipped": train_split.n_skipped,
-        "data_checksums": {cfg.dataset.train_split: train_split.checksums},
-        "steps": int(trainer.global_step),
-        "epochs": int(trainer.current_epoch),
-        "max_steps": max_steps,
-        "max_time": cfg.trainer.get("max_time"),
-        "stopped_by_time": bool(max_steps > 0 and trainer.global_step < max_steps),
-        "train_seconds": train_seconds,
-        "loss_first": float(sum(losses[:window]) / window) if losses else math.nan,
-        "loss_last": float(sum(losses[-window:]) / window) if losses else math.nan,
-        "parameters": int(n_params),
-        "peak_memory_mb": peak_memory_mb(),
-        "gpu_peak_memory_mb": (
-            torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-        ),
-        "config_hash": config_hash(cfg),
-        "training_hash": training_hash(cfg),  # what sample and evaluate check the run against
-        "checkpoint": str(ckpt_dir / "last.ckpt"),
-        "resumed_from": ckpt_path,
-        "world_size": int(trainer.world_size),
-        "global_zero": bool(trainer.is_global_zero),
-    }
-    if not trainer.is_global_zero:
-        return summary
-    atomic_write_json(run_dir / "train_summary.json", summary)
-    log.info(
-        "trained %d steps in %.1f s; train/loss %.4g -> %.4g",
-        summary["steps"], train_seconds, summary["loss_first"], summary["loss_last"],
-    )
-    return summary
+
+def _fit_stages(
+    cfg: DictConfig, module: Any, loaders: tuple[Any, Any], run_dir: Path, ckpt_dir: Path,
+    plan: list[dict[str, Any]],
+) -> tuple[Any, list[float], float, str | None, list[dict[str, Any]]]:
+    """Train the stages of ``plan`` in order (see :func:`stage_plan`): :meth:`set_stage`, then a fit of the
+    stage's step budget into ``checkpoints/stage-<i>-<name>/``. The protocol's wall-clock cap
+    (``trainer.max_time``) holds for all stages together: each gets what the earlier ones left.
+
+    A finished stage is written to ``stages.json`` with its weights (``checkpoints/stage-<i>-<name>.ckpt``);
+    with ``train.ckpt_path=last`` a killed training skips the finished stages (their weights are loaded) and
+    resumes the unfinished one from its own ``last.ckpt``. Returns the last stage's trainer, its loss per
+    step, the seconds of all stages, the checkpoint resumed from, and one summary per stage.
+    """
+    import torch
+
+    progress_file = run_dir / "stages.json"
+    resume = cfg.train.get("ckpt_path") == "last"
+    done: list[dict[str, Any]] = []
+    if resume and progress_file.exists():
+        done = json.loads(progress_file.read_text())
+    if [d["name"] for d in done] != [p["name"] for p in plan[: len(done)]]:
+        raise ValueError(
+            f"{progress_file} records the stages {[d['name'] for d in done]}, which do not start the plan "
+            f"{[p['name'] for p in plan]}: train without train.ckpt_path=last"
+        )
+    if done:
+        weights = torch.load(done[-1]["checkpoint"], map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(weights)
+        log.info("stages %s already trained: resuming at stage %d", [d["name"] for d in done], len(done) + 1)
+    cap = _seconds(cfg.trainer.get("max_time"))
+    trainer, losses, resumed_from = None, [], None
+    for i, stage in enumerate(plan):
+        if i < len(done):
+            continue
+        spent = sum(d["seconds"] for d in done)
+        left = None if cap is None else cap - spent
+        module.set_stage(stage["name"])
+        stage_dir = ckpt_dir / f"stage-{i}-{stage['name']}"
+        log.info("stage %d/%d: %s, %d steps", i + 1, len(plan), stage["name"], stage["max_steps"])
+        if left is not None and left <= 0:  # the cap is spent: the stage does not run, and says so
+            done.append({**stage, "steps": 0, "seconds": 0.0, "loss_first": math.nan, "loss_last": math.nan,
+                         "stopped_by_time": True, "checkpoint": None})
+            continue
+        trainer, losses, seconds, resumed = _fit(
+            cfg, module, loaders, run_dir, stage_dir, "last" if resume else None, stage["max_steps"], left
+        )
+        resumed_from = resumed_from or resumed
+        window = max(1, min(20, len(losses) // 5))
+        stage_ckpt = ckpt_dir / f"stage-{i}-{stage['name']}.ckpt"
+        trainer.save_checkpoint(stage_ckpt, weights_only=True)
+        done.append({
+            **stage,
+            "steps": int(trainer.global_step),
+            "seconds": seconds,
+            "loss_first": float(sum(losses[:window]) / window) if losses else math.nan,
+            "loss_last": float(sum(losses[-window:]) / window) if losses else math.nan,
+            "stopped_by_time": bool(trainer.global_step < stage["max_steps"]),
+            "checkpoint": str(stage_ckpt),
+        })
+        if env_rank() == 0:
+            atomic_write_json(progress_file, done)
+    if trainer is None:  # every stage was finished before (or the cap was spent): a trainer to save with
+        trainer, losses, _, _ = _fit(cfg, module, loaders, run_dir, ckpt_dir / "final", None, 0, None)
+    for p in module.parameters():  # training is over: nothing stays frozen in the saved module
+        p.requires_grad_(True)
+    module.stage = None
+    return trainer, losses, sum(d["seconds"] for d in done), resumed_from, done
+
+
+def _seconds(max_time: Any) -> float | None:
+    """Seconds of a Lightning ``max_time`` (``"DD:HH:MM:SS"`` or a mapping of days/hours/minutes/seconds)."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, str):
+        days, hours, minutes, seconds = (int(x) for x in max_time.split(":"))
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    parts = dict(max_time)
+    return float(parts.get("days", 0) * 86400 + parts.get("hours", 0) * 3600 + parts.get("minutes", 0) * 60
+                 + parts.get("seconds", 0))
 
 
 def model_callbacks(model_cfg: DictConfig) -> list[Any]:

@@ -94,6 +94,10 @@ class GenerativeModule(pl.LightningModule):
     #: Whether the model takes a condition (the representation's ``condition`` channel); the train stage
     #: refuses a condition for a model that would ignore it.
     conditional: ClassVar[bool] = False
+    #: The training stages the model knows, in the order they run (empty: it trains in one stage). A model
+    #: config's ``stages`` list says which run and what share of the step budget each gets; the train stage
+    #: calls :meth:`set_stage` before each (e.g. a VQ-VAE's autoencoder, then the prior over its codes).
+    training_stages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, optimizer: OptimizerFactory, num_types: int, max_atoms: int) -> None:
         super().__init__()
@@ -107,6 +111,7 @@ class GenerativeModule(pl.LightningModule):
         self.scheduler_factory: SchedulerFactory | None = None
         self.num_types = int(num_types)
         self.max_atoms = int(max_atoms)
+        self.stage: str | None = None
 
     # ------------------------------------------------------------------ hyperparameters
     def _save_plain_hparams(self, ignore: Sequence[str] = ()) -> None:
@@ -125,6 +130,27 @@ class GenerativeModule(pl.LightningModule):
         Called once by the train stage. A model that samples the number of atoms from the training
         distribution keeps it in a buffer here, so it is saved in the checkpoint with the weights.
         """
+
+    # ------------------------------------------------------------------ training stages
+    def stage_modules(self, name: str) -> list[torch.nn.Module]:
+        """The sub-networks trained in stage ``name``; every other parameter is frozen during it. Models with
+        :attr:`training_stages` override it."""
+        raise NotImplementedError(f"{type(self).__name__} declares no training stages")
+
+    def set_stage(self, name: str) -> None:
+        """Switch to training stage ``name``: only the parameters of :meth:`stage_modules` stay trainable
+        (the optimiser of the stage is built over them), and :meth:`loss` may read ``self.stage``.
+
+        Raises:
+            ValueError: ``name`` is not one of :attr:`training_stages`.
+        """
+        if name not in self.training_stages:
+            known = ", ".join(self.training_stages) or "none: it trains in one stage"
+            raise ValueError(f"{type(self).__name__} has no training stage {name!r} (its stages: {known})")
+        trained = {id(p) for m in self.stage_modules(name) for p in m.parameters()}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in trained)
+        self.stage = name
 
     @property
     def nfe(self) -> int:
@@ -234,7 +260,7 @@ class GenerativeModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """Build the optimiser from the partial given at construction, and the schedule if one was set."""
-        optimizer = self.build_optimizer(self.parameters())
+        optimizer = self.build_optimizer([p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
