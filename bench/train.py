@@ -288,6 +288,9 @@ def _fit(
     checkpoint = pl.callbacks.ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step}", save_last=True, save_top_k=1,
         every_n_train_steps=int(cfg.train.get("ckpt_every_n_steps", 200)),
+        # a resumed training refreshes last.ckpt itself: with Lightning's default it would write last-v1.ckpt
+        # beside the old one, and a second resume would start again from the first kill
+        enable_version_counter=False,
     )
     logger = _build_logger(cfg)
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,32 @@ def test_training_resumes_from_the_last_checkpoint(tmp_path: Path, monkeypatch: 
     assert json.loads((run_dir / "train_summary.json").read_text())["steps"] == 8
     # resuming is the same experiment: checkpoint keys are not part of the config hash
     assert config_hash(cfg) == config_hash(_cfg(tmp_path, "trainer.max_steps=8"))
+
+
+def test_a_moved_training_killed_twice_resumes_from_its_latest_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder copied to another place (another disk, another machine) and resumed there keeps one
+    ``last.ckpt``, refreshed, so a second kill resumes from the latest step, not from the first kill."""
+    from bench.train import train
+
+    overrides = ["trainer.max_steps=8", "train.ckpt_every_n_steps=2"]
+    _LossPatch(monkeypatch, at_step=3, action="kill")  # first kill: last.ckpt holds step 2
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(_cfg(tmp_path / "here", *overrides))
+    monkeypatch.undo()
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    _LossPatch(monkeypatch, at_step=7, action="kill")  # resumed there, killed after the step-6 checkpoint
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(_cfg(tmp_path / "there", *overrides, "train.ckpt_path=last"))
+    monkeypatch.undo()
+    ckpts = default_run_dir(_cfg(tmp_path / "there", *overrides)) / "checkpoints"
+    assert not list(ckpts.glob("last-v*.ckpt"))  # never a second "last" beside the stale one
+    assert torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 6
+
+    counter = _LossPatch(monkeypatch)
+    assert train(_cfg(tmp_path / "there", *overrides, "train.ckpt_path=last"))["steps"] == 8
+    assert counter.calls == [6, 7]
 
 
 def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
