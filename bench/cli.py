@@ -157,13 +157,19 @@ def _sweep_cell(cfg: Any) -> Any:
 
 def _user_error(err: BaseException) -> str | None:
     """The one-line message for an error the user can fix from the command line, else None."""
-    from bench.datasets import ChecksumMismatchError, DatasetUnavailableError, UnknownDatasetError
+    from bench.conditioning import ConditionRequestError
+    from bench.datasets import (
+        ChecksumMismatchError,
+        ConditionError,
+        DatasetUnavailableError,
+        UnknownDatasetError,
+    )
     from bench.rundirs import RunMismatchError
     from bench.structures_io import SampleFileError
 
     user_errors: tuple[type[BaseException], ...] = (
         SampleFileError, DatasetUnavailableError, ChecksumMismatchError, FileNotFoundError,
-        UnknownDatasetError, RunMismatchError,
+        UnknownDatasetError, RunMismatchError, ConditionRequestError, ConditionError,
     )
     if "torch" in sys.modules:  # only a stage that imported torch can have raised it
         from bench.models.base import NonFiniteLossError

@@ -5,6 +5,13 @@ CIFs, a pymatgen JSON list), never model code, so it scores any model's output. 
 Lightning.
 Samples from outside (``samples=FILE``) are named by ``evaluate.model_name``, else by the file's own metadata,
 else by the file (its stem), and marked external: never by the default model's name.
+
+Conditional generation (``bench.metrics.conditional``): a samples file that carries requested property values
+(``condition_<property>`` columns, written by ``sample`` with ``+sample.condition.<property>=[...]``) is also
+scored by ``cond_hit_rate``. Any other samples file (an unconditional model, a reference row) is scored
+against targets given here, ``+evaluate.condition.<property>=[...]``: the baseline at the same windows.
+``+evaluate.condition_window=W`` (the property's units) or ``+evaluate.condition_window_std=F`` (a fraction of
+the training standard deviation) sets the window; the record's variant names the targets and window.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from bench.rundirs import check_samples, find_trained_run, record_variant, sampl
 from bench.runtime import load_dataset_split, split_info
 from bench.structures_io import read_samples, samples_digest
 
-__all__ = ["evaluate", "external_name", "score", "build_reference", "metrics_table"]
+__all__ = ["evaluate", "condition_targets", "external_name", "score", "build_reference", "metrics_table"]
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +164,63 @@ def _add_dataset_settings(metric_cfg: dict[str, Any], cfg: DictConfig) -> None:
         metric_cfg["property"] = str(cfg.dataset.property)
 
 
+def condition_targets(cfg: DictConfig, sample_set: Any) -> tuple[Any, str | None]:
+    """What ``cond_hit_rate`` scores ``sample_set`` against, and what the record's variant gains, or
+    ``(None, None)`` when neither the samples nor ``evaluate.condition`` name targets.
+
+    The samples' own requested values (``SampleSet.conditions``) are scored as drawn; ``evaluate.condition``
+    gives targets for samples drawn without them (the baseline). The property scored is ``dataset.property``,
+    the one the suite's property model predicts.
+
+    Raises:
+        bench.conditioning.ConditionRequestError: ``evaluate.condition`` differs from the values the samples
+            were drawn at, names a column other than ``dataset.property``, or a window is set with no targets
+            to score (one line naming the fix).
+    """
+    from bench.conditioning import (
+        ConditionRequestError,
+        condition_tag,
+        evaluation_condition,
+        normalised_condition,
+        windows_tag,
+    )
+    from bench.metrics.conditional import ConditionTargets
+
+    asked = evaluation_condition(cfg)
+    prop = cfg.dataset.get("property")
+    prop = str(prop) if prop else None
+    carried = getattr(sample_set, "conditions", None) or {}
+    if carried:
+        drawn = sample_set.meta.get("condition")  # the requested values in order (this project's files)
+        if drawn:
+            drawn = normalised_condition(drawn)
+        else:  # another file with condition_<column> columns: its distinct values in order of appearance
+            drawn = {c: list(dict.fromkeys(v for v in values if v == v)) for c, values in carried.items()}
+        if asked.targets is not None and asked.targets != drawn:
+            raise ConditionRequestError(
+                f"{sample_set.source} was drawn at {condition_tag(drawn)}; evaluate.condition asks for "
+                f"{condition_tag(asked.targets)}: leave out evaluate.condition (the values a file was drawn "
+                "at are the ones scored)"
+            )
+        targets = ConditionTargets.sampled(prop, carried, drawn, asked.window, asked.window_std)
+        return targets, windows_tag(asked, baseline=False)
+    if asked.targets is None:
+        if asked.window is not None or asked.window_std is not None:
+            raise ConditionRequestError(
+                "evaluate.condition_window(_std) is set, but the samples carry no requested values and no "
+                f"targets are given: add +evaluate.condition.{prop or '<property>'}=[...]"
+            )
+        return None, None
+    unknown = [column for column in asked.targets if column != prop]
+    if unknown:
+        raise ConditionRequestError(
+            f"evaluate.condition.{unknown[0]}: the suite's property model predicts "
+            f"{prop or 'nothing (dataset.property is not set)'}: give targets for dataset.property"
+        )
+    targets = ConditionTargets.baseline(prop, asked.targets[prop], asked.window, asked.window_std)
+    return targets, windows_tag(asked, baseline=True)
+
+
 def external_name(samples_file: Path) -> str:
     """The label of samples from outside: the file's stem (``their_model.csv`` -> ``their_model``), or the
     folder's name for a folder of CIFs."""
@@ -241,16 +305,23 @@ def score(
     train_checksums: dict[str, Any] | None = None,
     started: float | None = None,
 ) -> tuple[ResultRecord, Path | None]:
-    """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record and per-sample CSV."""
+    """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record and per-sample CSV.
+
+    With requested property values in ``sample_set`` or targets in ``evaluate.condition``, ``cond_hit_rate``
+    is scored too (:func:`condition_targets`) and the variant names them, unless ``evaluate.variant`` is set.
+    """
     from bench.metrics import run_metrics
 
     start = time.perf_counter() if started is None else started
+    condition, tag = condition_targets(cfg, sample_set)  # before loading data: a bad request fails at once
+    if tag and not cfg.evaluate.get("variant"):
+        variant = f"{variant}+{tag}"
     reference, checksums, skipped = build_reference(cfg)
     metric_cfg = OmegaConf.to_container(cfg.metrics, resolve=True) if cfg.get("metrics") else None
     if isinstance(metric_cfg, dict):
         _add_dataset_settings(metric_cfg, cfg)
     report = run_metrics(sample_set.structures, reference, metric_cfg, cache_dir=cache_dir(cfg),
-                         progress=True, compositions=sample_set.compositions or None)
+                         progress=True, compositions=sample_set.compositions or None, condition=condition)
     # the decode thresholds that turned samples into failures (this project's samples; None from outside)
     report.settings["decode"] = sample_set.meta.get("decode")
     cost = dict(cost or {})

@@ -26,6 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bench.conditioning import condition_tag, normalised_condition, requested_condition
 from bench.config import as_path, training_config, training_hash
 
 __all__ = [
@@ -324,13 +325,17 @@ def samples_key(cfg: DictConfig, saved: DictConfig) -> str | None:
     """What tells ``cfg``'s samples apart from the run's own (``saved`` is the config it was trained with):
     the sampler tag when another sampler is asked for, then each sample setting that differs
     (``n<num_samples>``, ``seed<seed>``, ``bs<batch_size>``), joined by ``+``; None when ``cfg`` samples as
-    the run was trained to."""
+    the run was trained to; requested condition values (``sample.condition``) add their
+    :func:`bench.conditioning.condition_tag`, e.g. ``heat_ref=-1,0,1``."""
     parts = [tag] if (tag := sampler_override(cfg.model, saved.model)) else []
     asked = cfg.get("sample") or {}
     own = saved.get("sample") or {}
     for key, prefix in _SAMPLE_SETTINGS:
         if key in asked and asked.get(key) != own.get(key):
             parts.append(f"{prefix}{asked.get(key)}")
+    requested = requested_condition(cfg)  # +sample.condition.<column>=[...]: samples at requested values
+    if requested is not None:
+        parts.append(condition_tag(requested))
     return "+".join(parts) or None
 
 
@@ -347,7 +352,8 @@ def samples_path(cfg: DictConfig) -> Path:
 
 
 def sampling_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
-    """sha256 (hex, 16 chars) of how a trained model is sampled: the diffusion sampler and ``sample``."""
+    """sha256 (hex, 16 chars) of how a trained model is sampled: the diffusion sampler and ``sample`` (with
+    any requested condition values, ``sample.condition``, as floats)."""
 
     def plain(node: Any) -> Any:
         return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
@@ -356,7 +362,10 @@ def sampling_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
         sampler, sample = OmegaConf.select(cfg, "model.module.sampler", default=None), cfg.get("sample")
     else:
         sampler, sample = ((cfg.get("model") or {}).get("module") or {}).get("sampler"), cfg.get("sample")
-    blob = json.dumps({"sampler": plain(sampler), "sample": plain(sample)}, sort_keys=True, default=str)
+    sample = plain(sample)
+    if isinstance(sample, dict) and "condition" in sample:  # [-1, 0] and [-1.0, 0.0] ask for the same samples
+        sample = {**sample, "condition": normalised_condition(sample["condition"])}
+    blob = json.dumps({"sampler": plain(sampler), "sample": sample}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

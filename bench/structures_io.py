@@ -16,10 +16,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +28,15 @@ from pymatgen.core import Structure
 
 from bench.io_utils import atomic_write_text
 
-__all__ = ["SampleSet", "read_samples", "write_samples_csv", "samples_digest", "SampleFileError"]
+__all__ = [
+    "CONDITION_PREFIX", "SampleSet", "read_samples", "write_samples_csv", "samples_digest", "SampleFileError",
+]
 
 log = logging.getLogger(__name__)
+
+
+CONDITION_PREFIX = "condition_"
+"""A samples CSV's ``condition_<column>`` column holds the property value each item was requested at."""
 
 
 class SampleFileError(ValueError):
@@ -48,6 +55,10 @@ class SampleSet:
     compositions: list[dict[str, float] | None] = field(default_factory=list)
     """Per item, the element amounts of an item that was not built but whose atoms are known (None where
     unknown or where the structure exists); empty when the format keeps none."""
+    conditions: dict[str, list[float]] = field(default_factory=dict)
+    """Per property column, the value each item was requested at (NaN where none): the samples CSV's
+    ``condition_<column>`` columns, written when a conditional model was sampled at requested values; empty
+    when the file carries none."""
 
     @property
     def n_constructed(self) -> int:
@@ -88,28 +99,41 @@ def _parse_cif(text: str) -> Structure:
 
 
 def write_samples_csv(
-    path: str | Path, items: Sequence[Structure | object], meta: dict | None = None
+    path: str | Path, items: Sequence[Structure | object], meta: dict | None = None,
+    conditions: Mapping[str, Sequence[float]] | None = None,
 ) -> Path:
     """Write generated items as CSV (``index,status,reason,formula,cif,composition``); failures keep their
     reason and, when they carry ``species`` (a :class:`bench.datasets.DecodeFailure`), their composition.
 
     A ``<path>.meta.json`` sidecar carries ``meta`` (model, seed, timings) for the evaluate stage.
+
+    Args:
+        conditions: per property column, the value each item was requested at; written as
+            ``condition_<column>`` columns after the others (none when None or empty).
     """
     import io
 
     from pymatgen.core import Composition
 
+    conditions = dict(conditions or {})
+    for column, values in conditions.items():
+        if len(values) != len(items):
+            raise ValueError(f"{len(values)} requested values of {column!r} for {len(items)} items")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["index", "status", "reason", "formula", "cif", "composition"])
+    writer.writerow(["index", "status", "reason", "formula", "cif", "composition",
+                     *(f"{CONDITION_PREFIX}{column}" for column in conditions)])
     for i, item in enumerate(items):
+        requested = [repr(float(values[i])) for values in conditions.values()]
         if isinstance(item, Structure):
-            writer.writerow([i, "ok", "", item.composition.reduced_formula, item.to(fmt="cif"), ""])
+            writer.writerow([i, "ok", "", item.composition.reduced_formula, item.to(fmt="cif"), "",
+                             *requested])
         else:
             species = tuple(getattr(item, "species", ()) or ())
             comp = Composition(dict(Counter(species))) if species else None
             writer.writerow([i, "failed", getattr(item, "reason", str(item)),
-                             comp.reduced_formula if comp else "", "", comp.formula if comp else ""])
+                             comp.reduced_formula if comp else "", "", comp.formula if comp else "",
+                             *requested])
     path = atomic_write_text(path, buf.getvalue())
     if meta is not None:
         atomic_write_text(Path(f"{path}.meta.json"), json.dumps(meta, indent=2, sort_keys=True, default=str))
@@ -131,8 +155,13 @@ def _read_csv(path: Path) -> SampleSet:
                 f"{path}: no 'cif' column (columns: {reader.fieldnames}); a samples CSV needs one CIF per row"
             )
         id_col = next((c for c in ("index", "material_id", "id") if c in reader.fieldnames), None)
+        condition_cols = [c for c in reader.fieldnames if c.startswith(CONDITION_PREFIX)]
+        conditions: dict[str, list[float]] = {c.removeprefix(CONDITION_PREFIX): [] for c in condition_cols}
         for row_no, row in enumerate(reader):
             ids.append(str(row[id_col]) if id_col else str(row_no))
+            for col in condition_cols:
+                value = _requested(row.get(col), path, row_no, col)
+                conditions[col.removeprefix(CONDITION_PREFIX)].append(value)
             if row.get("status", "ok") != "ok" or not (row.get("cif") or "").strip():
                 structures.append(None)
                 reasons.append(row.get("reason") or "no structure in this row")
@@ -147,7 +176,23 @@ def _read_csv(path: Path) -> SampleSet:
                 reasons.append(f"unreadable CIF: {err}")
     meta_path = Path(f"{path}.meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return SampleSet(structures, ids, reasons, str(path), meta, compositions)
+    return SampleSet(structures, ids, reasons, str(path), meta, compositions, conditions)
+
+
+def _requested(text: str | None, path: Path, row_no: int, column: str) -> float:
+    """A requested value of a ``condition_<column>`` cell; NaN when empty.
+
+    Raises:
+        SampleFileError: the cell is not a number.
+    """
+    if not (text or "").strip():
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise SampleFileError(
+            f"{path} row {row_no}: {column}={text!r} is not a number (a requested property value)"
+        ) from None
 
 
 def _composition(text: str | None, path: Path, row_no: int) -> dict[str, float] | None:

@@ -50,24 +50,43 @@ def build_module(model_cfg: DictConfig, sizes: Mapping[str, int]) -> Any:
     condition), and hand it the learning-rate schedule of ``model.scheduler`` (``conf/scheduler/``) if any.
 
     Raises:
-        ValueError: the representation has a condition and the model's class does not declare
-            ``conditional = True`` (an unconditional model would silently ignore it).
+        bench.conditioning.ConditionRequestError: the representation has a condition and the model's class
+            does not declare ``conditional = True`` (an unconditional model would silently ignore it), or the
+            class is conditional and the representation has no condition (:func:`check_conditional`).
     """
-    from hydra.utils import get_class, instantiate
+    from hydra.utils import instantiate
 
     sizes = dict(sizes)
-    if sizes.get("condition_dim"):
-        target = str(model_cfg.module._target_)
-        if not getattr(get_class(target), "conditional", False):
-            raise ValueError(
-                f"model {model_cfg.get('name', target)} ({target.rsplit('.', 1)[-1]}) is unconditional, so "
-                "it would ignore the condition of representation.condition: leave representation.condition "
-                "empty, or choose a model whose class sets conditional = True"
-            )
+    check_conditional(model_cfg, bool(sizes.get("condition_dim")))
     module = instantiate(model_cfg.module, **sizes)
     if model_cfg.get("scheduler") is not None:
         module.set_scheduler(instantiate(model_cfg.scheduler))
     return module
+
+
+def check_conditional(model_cfg: DictConfig, has_condition: bool) -> None:
+    """Refuse a condition for a model whose class is unconditional, and a conditional model without one.
+
+    Raises:
+        bench.conditioning.ConditionRequestError: one line naming the model and the fix.
+    """
+    from hydra.utils import get_class
+
+    from bench.conditioning import ConditionRequestError
+
+    target = str(model_cfg.module._target_)
+    conditional = bool(getattr(get_class(target), "conditional", False))
+    label = f"model {model_cfg.get('name', target)} ({target.rsplit('.', 1)[-1]})"
+    if has_condition and not conditional:
+        raise ConditionRequestError(
+            f"{label} is unconditional, so it would ignore the condition of representation.condition or "
+            "model.condition: leave both empty, or choose a model whose class sets conditional = True"
+        )
+    if conditional and not has_condition:
+        raise ConditionRequestError(
+            f"{label} is conditional and no condition column is set: name its property in its config "
+            "(model.condition: ['${dataset.property}']) or with representation.condition=[<column>]"
+        )
 
 
 def _encode_split(representation: Any, split: Any, fit: bool = False) -> dict[str, Any]:
@@ -127,10 +146,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     Raises:
         bench.models.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
-        bench.datasets.ConditionError: a ``representation.condition`` column is missing or has missing values
-            (the message names the dataset, the split and the columns it has).
-        ValueError: a condition for a model that is unconditional (:func:`build_module`).
+        bench.datasets.ConditionError: a condition column (``representation.condition``, else
+            ``model.condition``) is missing or has missing values (the message names the dataset, the split
+            and the columns it has).
+        bench.conditioning.ConditionRequestError: a condition for a model that is unconditional, none for a
+            conditional one (:func:`check_conditional`), or a ``model.condition`` that names no column.
     """
+    from bench.conditioning import condition_columns
+    from bench.config import representation_node
+
+    condition = condition_columns(cfg)  # before any hash: a bad model.condition is one line, no traceback
     set_threads(cfg.threads)
     import pytorch_lightning as pl
     import torch
@@ -148,7 +173,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
     log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split,
              len(train_split.structures))
-    representation = build_representation(cfg)
+    # the condition a conditional model's config names (model.condition) joins the representation it is
+    # built with; the config itself is left as composed, so every stage computes the same hashes from it
+    representation = build_representation({"representation": {**representation_node(cfg),
+                                                               "condition": list(condition)}})
     train_loader = _loader(
         DictDataset(_encode_split(representation, train_split, fit=True)),
         int(cfg.train.batch_size), True, int(cfg.seed), int(cfg.train.num_workers),

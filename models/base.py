@@ -182,8 +182,10 @@ class GenerativeModule(pl.LightningModule):
         Args:
             n: number of samples.
             generator: every random number is drawn from it, so the same seed gives the same samples.
-            condition: a conditioning input; the benchmark's models are unconditional and reject anything but
-                None.
+            condition: the standardised ``[n, C]`` values to sample at (the representation's ``condition``
+                channel, moved to the module's device as float32), for a model whose class sets
+                ``conditional = True``; None lets the model choose (e.g. conditions drawn from the training
+                distribution). Unconditional models reject anything but None.
 
         Returns:
             A batch dict of float32 tensors on the module's device.
@@ -191,7 +193,13 @@ class GenerativeModule(pl.LightningModule):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         if condition is not None:
-            raise ValueError(f"{type(self).__name__} is unconditional: pass condition=None")
+            if not self.conditional:
+                raise ValueError(f"{type(self).__name__} is unconditional: pass condition=None")
+            condition = torch.as_tensor(condition, dtype=torch.float32, device=self.device)
+            if condition.dim() != 2 or condition.shape[0] != n:
+                raise ValueError(
+                    f"condition must be [n, C] = [{n}, C] (one row per sample), got {tuple(condition.shape)}"
+                )
         was_training = self.training
         self.eval()
         try:

@@ -9,11 +9,14 @@ Usage::
 
 The fingerprint metrics (``cov_*``, ``amsd_*``, ``amcd_*``, ``comp_div``, ``struct_div``, ``wdist_prop``) and
 ``test_recall`` are listed in ``conf/metrics/full.yaml``; matminer is imported only when they (or the
-fingerprint rule of ``valid``) run.
+fingerprint rule of ``valid``) run. ``cond_hit_rate`` (``bench.metrics.conditional``) is not in the registry:
+``run_metrics(..., condition=ConditionTargets(...))`` adds it when samples carry requested property values or
+targets are given.
 """
 
 from bench.metrics.base import Metric, MetricReport, MetricResult, ReferenceSet
 from bench.metrics.composition import CompositionCheck, check_composition
+from bench.metrics.conditional import CondHitRate, ConditionTargets
 from bench.metrics.coverage import (
     AMCDPrecision,
     AMCDRecall,
@@ -53,6 +56,8 @@ __all__ = [
     "COVRecall",
     "CompDiv",
     "CompValid",
+    "CondHitRate",
+    "ConditionTargets",
     "CompositionCheck",
     "CoverageCutoffs",
     "DistributionSettings",

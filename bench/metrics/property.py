@@ -44,7 +44,7 @@ from bench.metrics.fingerprints import (
 from bench.metrics.generated import GeneratedSet
 from bench.metrics.settings import MetricSettings, PropertyModelSettings
 
-__all__ = ["GEOMETRY_FEATURES", "PropertyModel", "WDistProp", "geometry_features"]
+__all__ = ["GEOMETRY_FEATURES", "PropertyModel", "WDistProp", "geometry_features", "predict_generated"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,9 +316,15 @@ class WDistProp:
         return MetricResult(value=value, extra=extra)
 
     def _predict(self, gset: GeneratedSet, idx: np.ndarray, model: PropertyModel) -> np.ndarray:
-        structures = [gset[int(i)] for i in idx]
-        fps = None
-        if model.settings.crystalnn:
-            by_index = gset.fingerprints(idx)
-            fps = [by_index[int(i)] for i in idx]
-        return model.predict(_features(structures, fps, False, "features (generated)"))
+        return predict_generated(gset, idx, model)
+
+
+def predict_generated(gset: GeneratedSet, idx: np.ndarray, model: PropertyModel) -> np.ndarray:
+    """The property ``model`` predicts for the generated items at positions ``idx`` (constructed structures;
+    their CrystalNN fingerprints come from ``gset``'s memo when the model uses them)."""
+    structures = [gset[int(i)] for i in idx]
+    fps = None
+    if model.settings.crystalnn:
+        by_index = gset.fingerprints(idx)
+        fps = [by_index[int(i)] for i in idx]
+    return model.predict(_features(structures, fps, False, "features (generated)"))

@@ -19,6 +19,7 @@ from pymatgen.core import Structure
 from bench.applicability import COMPOSITION_METRICS, NOT_APPLICABLE, not_applicable_reason
 from bench.metrics.base import Metric, MetricReport, MetricResult, ReferenceSet
 from bench.metrics.cache import cache_path, cached
+from bench.metrics.conditional import CondHitRate, ConditionTargets
 from bench.metrics.generated import GeneratedSet
 from bench.metrics.matching import build_matcher, matcher_params
 from bench.metrics.registry import build_metric
@@ -151,6 +152,7 @@ def run_metrics(
     cache_dir: Path | None = None,
     progress: bool = True,
     compositions: Sequence[Mapping[str, float] | None] | None = None,
+    condition: ConditionTargets | None = None,
 ) -> MetricReport:
     """Score generated structures with the metrics named in ``cfg`` (default: all registered metrics).
 
@@ -166,12 +168,18 @@ def run_metrics(
         progress: Show progress bars for the slow per-structure loops.
         compositions: Per generated item, the element amounts of an item that is ``None`` but whose atoms
             are known (a decode failure); composition validity scores them, as CDVAE does.
+        condition: The property values the items were requested at, or targets to score them against
+            (:class:`bench.metrics.conditional.ConditionTargets`); given, ``cond_hit_rate`` is computed too
+            (whatever ``cfg`` names) and the targets and window go into the report's settings.
 
     Returns:
         The report: metric values with direction and details, a per-sample table, counts and settings.
     """
     settings = MetricSettings.from_mapping(cfg)
     metrics = [build_metric(name, settings) for name in settings.names]
+    if condition is not None:  # not in the registry: it needs targets, which only a conditional run has
+        condition = condition.resolve(reference)
+        metrics.append(CondHitRate(settings, condition))
     for metric in metrics:
         if hasattr(metric, "progress"):  # metrics with slow reference-side loops show a bar in prepare()
             metric.progress = progress
@@ -265,6 +273,8 @@ def run_metrics(
         "versions": package_versions(),
         "validity_seconds": round(validity_seconds, 4),
     }
+    if condition is not None:
+        report_settings["condition"] = condition.settings()
     return MetricReport(
         metrics=entries, per_sample=per_sample, counts=counts, settings=_jsonable(report_settings)
     )

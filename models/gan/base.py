@@ -13,7 +13,13 @@ with other settings (a config under ``conf/model/``) or a small subclass:
   (Gulrajani et al. 2017, arXiv:1704.00028), 0 for none;
 - ``clip_value``: after every critic update clamp every critic weight to ``[-c, c]`` (Arjovsky et al. 2017,
   algorithm 1), ``None`` for none;
-- ``n_critic``: critic updates per generator update.
+- ``n_critic``: critic updates per generator update;
+- ``condition_dim``: the width ``C`` of a condition ``y`` (Mirza & Osindero 2014, arXiv:1411.1784), 0 for
+  none. With ``C > 0`` (only for a class with ``conditional = True``) each network maps ``y`` to a hidden
+  layer of its own and joins it with its input: the generator's conditioning vector is ``[z, h_G(y)]``, the
+  critic adds a projection of ``h_D(y)`` to every token. Every critic and generator call takes the condition;
+  critic and generator steps use the training batch's conditions, and sampling without a condition draws
+  conditions from the training set's (:meth:`CrystalGAN.fit_data`).
 
 The generator is the shared backbone with learned slot embeddings driven by a noise vector; the critic is the
 backbone read out through its pooled lattice token, a scalar invariant to the order of the sites.
@@ -21,14 +27,15 @@ backbone read out through its pooled lattice token, a scalar invariant to the or
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from itertools import chain
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["ADVERSARIAL_LOSSES", "CrystalGAN", "critic_gradient_penalty"]
@@ -107,6 +114,10 @@ class CrystalGAN(GenerativeModule):
             differ only through the slot embeddings, and the generator collapses more easily.
         hard_types: emit straight-through one-hot types (hard forward, softmax gradient) instead of softmax
             probabilities, so the critic cannot separate real from generated crystals by type softness.
+        condition_dim: width ``C`` of the condition (the representation's ``condition`` field); 0: none.
+            Only a class with ``conditional = True`` takes one.
+        condition_embed_dim: width of the hidden layer (linear map and ReLU) each network maps the
+            condition to before joining it with its input (unused without a condition).
     """
 
     family = "gan"
@@ -128,8 +139,20 @@ class CrystalGAN(GenerativeModule):
         clip_value: float | None = None,
         site_noise: bool = True,
         hard_types: bool = True,
+        condition_dim: int = 0,
+        condition_embed_dim: int = 32,
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
+        if condition_dim < 0 or condition_embed_dim < 1:
+            raise ValueError(
+                f"condition_dim must be >= 0 and condition_embed_dim >= 1, got {condition_dim}, "
+                f"{condition_embed_dim}"
+            )
+        if condition_dim > 0 and not self.conditional:
+            raise ValueError(
+                f"{type(self).__name__} is unconditional (conditional = False): build it with "
+                "condition_dim=0, or use a conditional GAN class (model=cgan)"
+            )
         if n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {n_critic}")
         if loss not in ADVERSARIAL_LOSSES:
@@ -147,7 +170,19 @@ class CrystalGAN(GenerativeModule):
         self.clip_value = None if clip_value is None else float(clip_value)
         self.site_noise = bool(site_noise)
         self.hard_types = bool(hard_types)
+        self.condition_dim = int(condition_dim)
+        self.condition_embed_dim = int(condition_embed_dim)
         self.generator, self.critic = self.build_networks(backbone)
+        self.generator_condition: nn.Module | None = None
+        self.critic_condition: nn.Module | None = None
+        if self.condition_dim > 0:
+            # Mirza & Osindero (2014), section 4.1: each network maps y to a hidden layer of its own first.
+            width = self.condition_width
+            self.generator_condition = nn.Sequential(nn.Linear(self.condition_dim, width), nn.ReLU())
+            self.critic_condition = nn.Sequential(nn.Linear(self.condition_dim, width), nn.ReLU())
+            # The standardised conditions of the training set (rows), filled by fit_data; sampling without a
+            # condition draws from them. Its length is the training set's, so loading resizes it.
+            self.register_buffer("condition_bank", torch.zeros(0, self.condition_dim))
         # Counts critic updates, so the generator cadence survives a checkpoint resume.
         self.register_buffer("critic_updates", torch.zeros((), dtype=torch.long))
 
@@ -157,34 +192,41 @@ class CrystalGAN(GenerativeModule):
     ) -> tuple[torch.nn.Module, torch.nn.Module]:
         """The generator and the critic from the backbone partial (called in ``__init__`` once the settings
         are set); a variant on another backbone overrides it together with :meth:`generate`, :meth:`score`
-        and :meth:`_noise`."""
+        and :meth:`_noise`. With a condition, the generator's conditioning vector is ``noise_dim +
+        condition_width`` wide (:meth:`generator_cond`) and the critic takes a ``condition_width`` one
+        (:meth:`critic_cond`)."""
         generator = backbone(
             num_types=self.num_types,
             max_atoms=self.max_atoms,
-            cond_dim=self.noise_dim,
+            cond_dim=self.noise_dim + self.condition_width,
             slot_embeddings=True,
             field_inputs=self.site_noise,
         )
-        critic = backbone(num_types=self.num_types, max_atoms=self.max_atoms, pooled_dim=1, field_heads=False)
+        critic = backbone(
+            num_types=self.num_types, max_atoms=self.max_atoms, pooled_dim=1, field_heads=False,
+            cond_dim=self.condition_width,
+        )
         return generator, critic
 
     def real_fields(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """What the critic reads of a training batch."""
         return {k: batch[k] for k in FIELDS}
 
-    def fake_like(self, real: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """As many generated crystals as ``real`` holds, to set against it in a critic step."""
-        return self.generate(self._noise(real["lattice"].shape[0]))
+    def fake_like(self, real: Mapping[str, Tensor], condition: Tensor | None = None) -> dict[str, Tensor]:
+        """As many generated crystals as ``real`` holds (at its conditions), to set against it in a critic
+        step."""
+        return self.generate(self._noise(real["lattice"].shape[0]), condition)
 
-    def generate(self, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def generate(self, noise: Mapping[str, Tensor], condition: Tensor | None = None) -> dict[str, Tensor]:
         """Crystals from noise: types (one-hot or probabilities), coordinates in ``[0, 1)``, lattice.
 
         Args:
             noise: ``global`` ``[B, noise_dim]`` (added to every token) and, with ``site_noise``, per-slot
                 noise fed as the generator's input fields (``atom_types``, ``frac_coords``, ``lattice``).
+            condition: ``[B, C]`` standardised conditions (only with ``condition_dim > 0``).
         """
         fields = {k: noise[k] for k in FIELDS} if self.site_noise else None
-        out = self.generator(fields, cond=noise["global"])
+        out = self.generator(fields, cond=self.generator_cond(noise["global"], condition))
         types = torch.softmax(out["atom_types"], dim=-1)
         if self.hard_types:
             # Straight-through (Bengio, Leonard & Courville 2013, arXiv:1308.3432): exact one-hots forward,
@@ -194,14 +236,23 @@ class CrystalGAN(GenerativeModule):
         frac = torch.sigmoid(out["frac_coords"]) * (1.0 - types[..., :1])
         return {"atom_types": types, "frac_coords": frac, "lattice": out["lattice"]}
 
-    def score(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Critic value ``[B]`` (higher means more data-like)."""
-        return self.critic({k: batch[k] for k in FIELDS})["pooled"].squeeze(-1)
+    def score(self, batch: Mapping[str, Tensor], condition: Tensor | None = None) -> Tensor:
+        """Critic value ``[B]`` (higher means more data-like; with a condition: more like data at
+        ``condition``)."""
+        cond = self.critic_cond(condition, batch["lattice"].shape[0])
+        return self.critic({k: batch[k] for k in FIELDS}, cond=cond)["pooled"].squeeze(-1)
 
-    def gradient_penalty(self, real: Mapping[str, Tensor], fake: Mapping[str, Tensor]) -> Tensor:
-        """``E[(||grad critic(x_hat)|| - 1)^2]`` on random interpolates of real and generated crystals."""
+    def gradient_penalty(
+        self, real: Mapping[str, Tensor], fake: Mapping[str, Tensor], condition: Tensor | None = None
+    ) -> Tensor:
+        """``E[(||grad critic(x_hat)|| - 1)^2]`` on random interpolates of real and generated crystals (at the
+        pair's shared condition, which is not interpolated)."""
         eps = torch.rand(real["lattice"].shape[0], device=real["lattice"].device)
-        return critic_gradient_penalty(self.score, {k: real[k] for k in FIELDS}, fake, eps)
+
+        def score(fields: Mapping[str, Tensor]) -> Tensor:
+            return self.score(fields, condition)
+
+        return critic_gradient_penalty(score, {k: real[k] for k in FIELDS}, fake, eps)
 
     def _noise(self, size: int, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         noise = {"global": self._randn((size, self.noise_dim), generator)}
@@ -210,6 +261,127 @@ class CrystalGAN(GenerativeModule):
             noise["frac_coords"] = self._rand((size, self.max_atoms, 3), generator)
             noise["lattice"] = self._randn((size, 6), generator)
         return noise
+
+    # ------------------------------------------------------------------ the condition
+    @property
+    def condition_width(self) -> int:
+        """Width of the condition's hidden layer that joins each network's input (0 without a condition)."""
+        return self.condition_embed_dim if self.condition_dim > 0 else 0
+
+    def generator_cond(self, noise: Tensor, condition: Tensor | None) -> Tensor:
+        """The generator's conditioning vector: the noise ``[B, noise_dim]``, joined with the condition's
+        hidden layer, ``[z, h_G(y)]``, when the model is conditional."""
+        self._check_condition(condition, noise.shape[0])
+        if self.generator_condition is None:
+            return noise
+        return torch.cat([noise, self.generator_condition(condition)], dim=-1)
+
+    def critic_cond(self, condition: Tensor | None, size: int) -> Tensor | None:
+        """The critic's conditioning vector ``h_D(y)`` for ``size`` crystals (None for an unconditional
+        model)."""
+        self._check_condition(condition, size)
+        return None if self.critic_condition is None else self.critic_condition(condition)
+
+    def batch_condition(self, batch: Mapping[str, Tensor]) -> Tensor | None:
+        """The training batch's ``condition`` ``[B, C]`` for a conditional model, None otherwise.
+
+        Raises:
+            ValueError: the model is conditional and the batch has no ``condition`` field, or one of another
+                width.
+        """
+        if self.condition_dim == 0:
+            return None
+        if "condition" not in batch:
+            raise ValueError(
+                f"{type(self).__name__} was built with condition_dim={self.condition_dim} but the batch has "
+                "no 'condition' field: set representation.condition to the property columns it was built for"
+            )
+        condition = batch["condition"]
+        self._check_condition(condition, batch["lattice"].shape[0])
+        return condition.to(self.device, torch.float32)
+
+    def sample_condition(
+        self, n: int, generator: torch.Generator | None, condition: Any = None
+    ) -> Tensor | None:
+        """The ``[n, C]`` conditions of a sampling call: ``condition`` checked, or, when it is None, rows of
+        the training set's conditions drawn uniformly from ``generator`` (None for an unconditional model).
+
+        Raises:
+            ValueError: a condition for a model built without one, or a condition that is not ``[n, C]``
+                finite values.
+            RuntimeError: no condition was given and :meth:`fit_data` never filled the training conditions.
+        """
+        if self.condition_dim == 0:
+            if condition is not None:
+                raise ValueError(
+                    f"{type(self).__name__} was built without a condition (condition_dim=0), so it is "
+                    "unconditional: pass condition=None, or train it with representation.condition"
+                )
+            return None
+        if condition is None:
+            bank = self.condition_bank
+            if bank.shape[0] == 0:
+                raise RuntimeError(
+                    "no training conditions to draw from: call fit_data(training batch) before sampling "
+                    "(bench.train does), load a checkpoint of a trained run, or pass condition=[n, C]"
+                )
+            device = generator.device if generator is not None else bank.device
+            index = torch.randint(bank.shape[0], (n,), generator=generator, device=device)
+            return bank[index.to(bank.device)]
+        condition = torch.as_tensor(condition, dtype=torch.float32, device=self.device)
+        self._check_condition(condition, n)
+        if not bool(torch.isfinite(condition).all()):
+            raise ValueError("condition has NaN or infinite values")
+        return condition
+
+    def _check_condition(self, condition: Tensor | None, size: int) -> None:
+        """One-line errors for a condition the model cannot take: missing, unexpected or of the wrong
+        shape."""
+        if self.condition_dim == 0:
+            if condition is not None:
+                raise ValueError(
+                    f"{type(self).__name__} is unconditional (condition_dim=0): pass no condition"
+                )
+            return
+        if condition is None:
+            raise ValueError(
+                f"{type(self).__name__} is conditional (condition_dim={self.condition_dim}): pass a condition"
+            )
+        if condition.dim() != 2 or tuple(condition.shape) != (size, self.condition_dim):
+            raise ValueError(
+                f"condition must be [{size}, {self.condition_dim}] standardised values (one row per crystal, "
+                f"one column per condition property), got shape {list(condition.shape)}"
+            )
+
+    def fit_data(self, data: Mapping[str, Tensor]) -> None:
+        """Keep the training set's standardised conditions (a conditional model), so sampling without a
+        condition draws from their empirical distribution; saved in checkpoints."""
+        super().fit_data(data)
+        if self.condition_dim > 0:
+            condition = self.batch_condition(data)
+            self.condition_bank = condition.detach().to(self.condition_bank.device, torch.float32).clone()
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        """Resize the training conditions to the checkpoint's before loading them (their number is the
+        training set's size)."""
+        key = prefix + "condition_bank"
+        if self.condition_dim > 0 and key in state_dict:
+            self.condition_bank = torch.zeros(
+                state_dict[key].shape, dtype=self.condition_bank.dtype, device=self.condition_bank.device
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def generator_parameters(self) -> Iterator[nn.Parameter]:
+        """The generator's weights (with the condition's hidden layer), trained by the generator optimiser."""
+        extra = [] if self.generator_condition is None else [self.generator_condition]
+        return chain.from_iterable(m.parameters() for m in [self.generator, *extra])
+
+    def critic_parameters(self) -> Iterator[nn.Parameter]:
+        """The critic's weights (with the condition's hidden layer), trained by the critic optimiser."""
+        extra = [] if self.critic_condition is None else [self.critic_condition]
+        return chain.from_iterable(m.parameters() for m in [self.critic, *extra])
 
     # ------------------------------------------------------------------ losses
     def critic_terms(self, batch: Mapping[str, Tensor], penalty: bool = True) -> dict[str, Tensor]:
@@ -220,27 +392,29 @@ class CrystalGAN(GenerativeModule):
         separation score for the others.
         """
         real = self.real_fields(batch)
+        condition = self.batch_condition(batch)
         with torch.no_grad():
-            fake = self.fake_like(real)
-        real_scores, fake_scores = self.score(real), self.score(fake)
+            fake = self.fake_like(real, condition)
+        real_scores, fake_scores = self.score(real, condition), self.score(fake, condition)
         critic, _ = ADVERSARIAL_LOSSES[self.loss_name](real_scores, fake_scores)
         gap = real_scores.mean() - fake_scores.mean()
         if penalty and self.gp_weight > 0:
-            gp = self.gradient_penalty(real, fake)
+            gp = self.gradient_penalty(real, fake, condition)
         else:
             gp = torch.zeros((), device=self.device)
         return {"critic": critic + self.gp_weight * gp, "wasserstein": gap, "gp": gp}
 
-    def generator_loss(self, size: int) -> Tensor:
-        """The generator's side of the adversarial loss on ``size`` fresh samples."""
-        scores = self.score(self.generate(self._noise(size)))
+    def generator_loss(self, size: int, condition: Tensor | None = None) -> Tensor:
+        """The generator's side of the adversarial loss on ``size`` fresh samples (at ``condition``
+        ``[size, C]``, the training batch's, for a conditional model)."""
+        scores = self.score(self.generate(self._noise(size), condition), condition)
         return ADVERSARIAL_LOSSES[self.loss_name](scores.detach(), scores)[1]
 
     @torch.no_grad()
     def constrain_critic(self) -> None:
         """Clamp every critic weight to ``[-clip_value, clip_value]`` (a no-op without ``clip_value``)."""
         if self.clip_value is not None:
-            for p in self.critic.parameters():
+            for p in self.critic_parameters():
                 p.clamp_(-self.clip_value, self.clip_value)
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -251,12 +425,15 @@ class CrystalGAN(GenerativeModule):
         """
         penalty = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
         terms = self.critic_terms(batch, penalty=penalty)
-        gen = self.generator_loss(batch["lattice"].shape[0])
+        gen = self.generator_loss(batch["lattice"].shape[0], self.batch_condition(batch))
         return {"loss": terms["critic"], **terms, "generator": gen}
 
     def training_objectives(self, batch: Mapping[str, Tensor]) -> list[Tensor]:
         """The critic objective (critic weights) and the generator loss (generator weights)."""
-        return [self.critic_terms(batch)["critic"], self.generator_loss(batch["lattice"].shape[0])]
+        return [
+            self.critic_terms(batch)["critic"],
+            self.generator_loss(batch["lattice"].shape[0], self.batch_condition(batch)),
+        ]
 
     # ------------------------------------------------------------------ Lightning
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
@@ -271,7 +448,7 @@ class CrystalGAN(GenerativeModule):
         self.critic_updates += 1
         logged = {"loss": terms["critic"], **terms}
         if int(self.critic_updates) % self.n_critic == 0:
-            gen = self.generator_loss(batch["lattice"].shape[0])
+            gen = self.generator_loss(batch["lattice"].shape[0], self.batch_condition(batch))
             self.check_finite(gen, "generator")
             opt_g.zero_grad()
             self.manual_backward(gen)
@@ -283,9 +460,11 @@ class CrystalGAN(GenerativeModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Generator optimiser first, critic optimiser second, both from the same partial."""
         return [
-            self.build_optimizer(self.generator.parameters()),
-            self.build_optimizer(self.critic.parameters()),
+            self.build_optimizer(list(self.generator_parameters())),
+            self.build_optimizer(list(self.critic_parameters())),
         ]
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
-        return self.generate(self._noise(n, generator))
+        # The noise first, so the same generator seed gives the same noise at any condition.
+        noise = self._noise(n, generator)
+        return self.generate(noise, self.sample_condition(n, generator, condition))

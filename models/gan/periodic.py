@@ -194,16 +194,18 @@ class PeriodicCritic(nn.Module):
         backbone: partial of :class:`~bench.models.backbones.periodic.PeriodicMPNN` (built without atom
             heads).
         type_dim: K, the number of element channels.
+        cond_dim: width of a per-crystal conditioning vector added to every atom's input (0: none).
     """
 
-    def __init__(self, backbone: Callable[..., PeriodicMPNN], type_dim: int) -> None:
+    def __init__(self, backbone: Callable[..., PeriodicMPNN], type_dim: int, cond_dim: int = 0) -> None:
         super().__init__()
-        self.net = backbone(type_dim=type_dim, atom_heads=False)
+        self.net = backbone(type_dim=type_dim, atom_heads=False, cond_dim=cond_dim)
         self.readout = nn.Linear(self.net.width + 6, 1)
 
-    def forward(self, fields: Mapping[str, Tensor], mask: Tensor) -> Tensor:
-        """``[B]`` scores of the crystals ``fields`` with atom mask ``mask`` ``[B, N]``."""
-        out = self.net(fields, mask, return_pooled=True)
+    def forward(self, fields: Mapping[str, Tensor], mask: Tensor, cond: Tensor | None = None) -> Tensor:
+        """``[B]`` scores of the crystals ``fields`` with atom mask ``mask`` ``[B, N]`` (and conditioning
+        vector ``cond`` ``[B, cond_dim]`` when built with one)."""
+        out = self.net(fields, mask, cond=cond, return_pooled=True)
         return self.readout(torch.cat([out["pooled"], out["lattice"]], dim=-1)).squeeze(-1)
 
 
@@ -235,6 +237,10 @@ class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
             probabilities; either way mapped to ``2 p - 1``.
         penalty_metric: per field, how much its changes count in the penalty's gradient norm (missing
             fields: 1; all 1: the paper's Euclidean norm over the raw fields).
+        condition_dim: width of a condition, as in :class:`~bench.models.gan.base.CrystalGAN` (0: none; only
+            for a subclass with ``conditional = True``): joined with the per-crystal noise of the generator
+            and fed to every atom of the critic.
+        condition_embed_dim: width of each network's hidden layer of the condition.
     """
 
     paper = (
@@ -262,6 +268,8 @@ class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
         shared_start: bool = True,
         hard_types: bool = True,
         penalty_metric: Mapping[str, float] | None = None,
+        condition_dim: int = 0,
+        condition_embed_dim: int = 32,
     ) -> None:
         if passes < 1:
             raise ValueError(f"passes must be >= 1, got {passes}")
@@ -286,40 +294,49 @@ class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
         super().__init__(
             backbone, optimizer, num_types, max_atoms, noise_dim=noise_dim, n_critic=n_critic,
             loss="wasserstein", gp_weight=gp_weight, clip_value=None, site_noise=True, hard_types=hard_types,
+            condition_dim=condition_dim, condition_embed_dim=condition_embed_dim,
         )
         # The training set's atom-count distribution, kept as by the periodic diffusion and flow models.
         self.register_atom_counts()
 
     # ------------------------------------------------------------------ networks
     def build_networks(self, backbone: Callable[..., PeriodicMPNN]) -> tuple[nn.Module, nn.Module]:
-        """A :class:`PeriodicGenerator` and a :class:`PeriodicCritic` over the K element channels."""
+        """A :class:`PeriodicGenerator` and a :class:`PeriodicCritic` over the K element channels (with a
+        condition: the generator's per-crystal vector is ``[z, h_G(y)]``, the critic's is ``h_D(y)``)."""
         type_dim = self.num_types - 1
         generator = PeriodicGenerator(
-            backbone, type_dim, self.noise_dim, self.generator_passes, pull_dim=self.pull_dim,
-            max_atoms=self.max_atoms, rank_inputs=self.rank_inputs, rank_scale=self.rank_scale,
-            atom_noise_dim=self.atom_noise_dim, template=self.template, template_scale=self.template_scale,
-            hard_types=self.hard_types,
+            backbone, type_dim, self.noise_dim + self.condition_width, self.generator_passes,
+            pull_dim=self.pull_dim, max_atoms=self.max_atoms, rank_inputs=self.rank_inputs,
+            rank_scale=self.rank_scale, atom_noise_dim=self.atom_noise_dim, template=self.template,
+            template_scale=self.template_scale, hard_types=self.hard_types,
         )
-        return generator, PeriodicCritic(backbone, type_dim)
+        return generator, PeriodicCritic(backbone, type_dim, cond_dim=self.condition_width)
 
-    def generate(self, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Crystal fields (and ``mask``) from noise drawn by :meth:`_noise`."""
-        return self.generator(noise)
+    def generate(self, noise: Mapping[str, Tensor], condition: Tensor | None = None) -> dict[str, Tensor]:
+        """Crystal fields (and ``mask``) from noise drawn by :meth:`_noise` (at ``condition`` ``[B, C]`` for
+        a conditional model)."""
+        return self.generator({**noise, "global": self.generator_cond(noise["global"], condition)})
 
-    def score(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def score(self, batch: Mapping[str, Tensor], condition: Tensor | None = None) -> Tensor:
         """Critic value ``[B]`` of fields with a ``mask`` (higher means more data-like)."""
-        return self.critic({k: batch[k] for k in FIELDS}, batch["mask"])
+        return self._critic({k: batch[k] for k in FIELDS}, batch["mask"], condition)
+
+    def _critic(self, fields: Mapping[str, Tensor], mask: Tensor, condition: Tensor | None) -> Tensor:
+        cond = self.critic_cond(condition, mask.shape[0])
+        return self.critic(fields, mask) if cond is None else self.critic(fields, mask, cond)
 
     def real_fields(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A codec batch as the critic reads it: continuous one-hot types, coordinates, lattice, mask."""
         fields, mask = PeriodicCrystalModule.data_fields(batch)
         return {**fields, "mask": mask}
 
-    def fake_like(self, real: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Generated crystals with the atom counts of ``real``, slot for slot."""
-        return self.generate(self._noise(real["mask"].shape[0], mask=real["mask"]))
+    def fake_like(self, real: Mapping[str, Tensor], condition: Tensor | None = None) -> dict[str, Tensor]:
+        """Generated crystals with the atom counts of ``real``, slot for slot (at its conditions)."""
+        return self.generate(self._noise(real["mask"].shape[0], mask=real["mask"]), condition)
 
-    def gradient_penalty(self, real: Mapping[str, Tensor], fake: Mapping[str, Tensor]) -> Tensor:
+    def gradient_penalty(
+        self, real: Mapping[str, Tensor], fake: Mapping[str, Tensor], condition: Tensor | None = None
+    ) -> Tensor:
         """The penalty on linear interpolates of the raw fields of real and generated crystals that share an
         atom mask (coordinates interpolate in the unwrapped chart ``[0, 1)``).
 
@@ -335,7 +352,7 @@ class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
             return {k: fields[k] * scale[k] for k in FIELDS}
 
         def critic(fields: Mapping[str, Tensor]) -> Tensor:
-            return self.critic({k: fields[k] / scale[k] for k in FIELDS}, mask)
+            return self._critic({k: fields[k] / scale[k] for k in FIELDS}, mask, condition)
 
         eps = torch.rand(mask.shape[0], device=mask.device)
         return critic_gradient_penalty(critic, stretched(real), stretched(fake), eps)
@@ -358,6 +375,12 @@ class CrystalPeriodicWGANGP(AtomCounts, CrystalGAN):
             noise["frac_coords"] = noise["frac_coords"][:, :1].expand(-1, self.max_atoms, -1).contiguous()
         return noise
 
+    def fit_data(self, data: Mapping[str, Tensor]) -> None:
+        """The training set's atom counts and (for a conditional model) its conditions."""
+        AtomCounts.fit_data(self, data)
+        CrystalGAN.fit_data(self, data)
+
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
-        out = self.generate(self._noise(n, generator))
+        noise = self._noise(n, generator)
+        out = self.generate(noise, self.sample_condition(n, generator, condition))
         return PeriodicCrystalModule.to_batch(out, out["mask"])

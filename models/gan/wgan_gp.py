@@ -20,7 +20,7 @@ class CrystalWGANGP(CrystalGAN):
     """WGAN-GP: the Wasserstein critic loss plus ``gp_weight`` times the gradient penalty, no weight clipping.
 
     Args: as :class:`~bench.models.gan.base.CrystalGAN`, without ``loss`` and ``clip_value`` (fixed by the
-    paper).
+    paper); ``condition_dim`` only for a subclass with ``conditional = True``.
     """
 
     paper = (
@@ -39,9 +39,11 @@ class CrystalWGANGP(CrystalGAN):
         gp_weight: float = 10.0,
         site_noise: bool = True,
         hard_types: bool = True,
+        condition_dim: int = 0,
+        condition_embed_dim: int = 32,
     ) -> None:
         super().__init__(
             backbone, optimizer, num_types, max_atoms, noise_dim=noise_dim, n_critic=n_critic,
             loss="wasserstein", gp_weight=gp_weight, clip_value=None, site_noise=site_noise,
-            hard_types=hard_types,
+            hard_types=hard_types, condition_dim=condition_dim, condition_embed_dim=condition_embed_dim,
         )
