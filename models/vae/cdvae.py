@@ -29,6 +29,7 @@ from bench.models.diffusion.diffcsp import PredictorCorrectorSampler
 from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.embeddings import timestep_embedding
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
+from bench.models.vae.latents import Latent
 from bench.models.vae.vae import GaussianLatent
 from torch import Tensor, nn
 
@@ -59,6 +60,14 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
     with ``z = mu + sigma eps`` from the encoder, and the true lattice fed to the decoder (teacher forcing).
     The atom count comes from ``z``; the base's training-set count (``fit_data``) is kept, not sampled.
 
+    A ``latent`` object (:mod:`bench.models.vae.latents`) replaces the Gaussian latent: the encoder's readout
+    emits its ``param_dim`` parameters, the heads and the decoder read its ``dim``-wide ``z``, and
+    ``beta KL`` becomes ``beta`` times its regulariser plus its auxiliary objective (beta-TCVAE, FactorVAE,
+    JointVAE are such objects; beta-VAE is this class with a larger ``beta``). A latent with a learned prior
+    (VQ-VAE's :class:`~bench.models.vae.vq.VQLatent`) makes the model train in two stages, ``autoencoder``
+    then ``prior`` (:meth:`~bench.models.vae.vae.GaussianLatent.declare_latent_stages`); models with any
+    other latent keep one stage and no ``training_stages``.
+
     Args:
         backbone: partial of :class:`~bench.models.backbones.periodic.PeriodicMPNN`, called twice: the encoder
             (``cond_dim = 0``; its per-crystal readout becomes the posterior head) and the decoder
@@ -79,6 +88,8 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         lattice_weight: weight of the lattice head's MSE (CDVAE: 10).
         num_atoms_weight: weight of the atom-count cross-entropy (CDVAE: 1).
         composition_weight: weight of the composition cross-entropy (CDVAE: 1; 0 drops the head).
+        latent: a :class:`~bench.models.vae.latents.Latent` owning the posterior draw, the prior draw and the
+            regulariser; None (the default, CDVAE) is the Gaussian latent of width ``latent_dim``.
     """
 
     family = "vae"
@@ -105,12 +116,13 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         lattice_weight: float = 10.0,
         num_atoms_weight: float = 1.0,
         composition_weight: float = 1.0,
+        latent: Latent | None = None,
     ) -> None:
         super().__init__(
             optimizer, num_types, max_atoms, backbone, time_dim,
             {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight},
         )
-        self._save_plain_hparams(ignore=["processes"])
+        self._save_plain_hparams(ignore=["processes", "latent"])
         if latent_dim < 1 or hidden_dim < 1:
             raise ValueError(f"latent_dim and hidden_dim must be >= 1, got {latent_dim}, {hidden_dim}")
         if beta < 0 or num_atoms_weight < 0 or composition_weight < 0:
@@ -126,6 +138,7 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.num_atoms_weight = float(num_atoms_weight)
         self.composition_weight = float(composition_weight)
+        self.latent = latent
 
         # Encoder: the backbone's per-crystal readout (an MLP on the mean of the atoms' final features) is
         # replaced by one emitting (mu, logvar); its per-atom heads are not needed.
@@ -133,16 +146,17 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         width = self.encoder.type_in.out_features
         self.encoder.types_out = nn.Identity()
         self.encoder.frac_out = nn.Identity()
-        self.encoder.lattice_out = _head(width, width, 2 * self.latent_dim)
+        self.encoder.lattice_out = _head(width, width, self.posterior_width)
         # Decoder (self.net, built by the base with cond_dim = time_dim): the lattice is an input only.
         self.net.lattice_out = nn.Identity()
-        self.latent_in = nn.Linear(self.latent_dim, self.time_dim)
+        self.latent_in = nn.Linear(self.code_width, self.time_dim)
 
-        self.num_atoms_head = _head(self.latent_dim, hidden_dim, max_atoms)
-        self.lattice_head = _head(self.latent_dim, hidden_dim, 6)
+        self.num_atoms_head = _head(self.code_width, hidden_dim, max_atoms)
+        self.lattice_head = _head(self.code_width, hidden_dim, 6)
         self.composition_head = (
-            _head(self.latent_dim, hidden_dim, num_types - 1) if self.composition_weight > 0 else None
+            _head(self.code_width, hidden_dim, num_types - 1) if self.composition_weight > 0 else None
         )
+        self.declare_latent_stages()  # two stages only for a latent with a prior to train (VQ-VAE)
 
     @staticmethod
     def _atom_processes(processes: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,10 +173,14 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         return dict(processes)
 
     # ------------------------------------------------------------------ encoder and latent
-    def encode(self, x0: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Posterior mean and log-variance ``[B, latent_dim]`` of the crystals ``x0`` (fields of
+    def posterior_params(self, x0: Mapping[str, Tensor], mask: Tensor) -> Tensor:
+        """The encoder's ``[B, posterior_width]`` readout of the crystals ``x0`` (fields of
         :meth:`data_fields`)."""
-        mu, logvar = self.encoder(x0, mask)["lattice"].chunk(2, dim=-1)
+        return self.encoder(x0, mask)["lattice"]
+
+    def encode(self, x0: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior mean and log-variance ``[B, latent_dim]`` of the built-in Gaussian latent."""
+        mu, logvar = self.posterior_params(x0, mask).chunk(2, dim=-1)
         return mu, logvar.clamp(-10.0, 10.0)
 
     def regulariser(self, mu: Tensor, logvar: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -189,10 +207,19 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
 
     # ------------------------------------------------------------------ the contract
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Denoising, head and KL terms and their weighted total (see the class docstring)."""
+        """Denoising, head and KL terms and their weighted total (see the class docstring); in the ``prior``
+        stage of a latent with a learned prior, that prior's loss alone."""
         x0, mask = self.data_fields(batch)
-        mu, logvar = self.encode(x0, mask)
-        z = self.reparameterise(mu, logvar)
+        if self.stage == "prior":
+            with torch.no_grad():  # the encoder is frozen: only the prior learns
+                params = self.posterior_params(x0, mask)
+            return self.prior_stage_loss(params)
+        if self.latent is None:
+            mu, logvar = self.encode(x0, mask)
+            z = self.reparameterise(mu, logvar)
+        else:
+            params = self.posterior_params(x0, mask)
+            z, posterior = self.latent.posterior(params)
 
         stats = self.decode_stats(z)
         n_atoms = mask.sum(dim=1).round().long()
@@ -214,10 +241,17 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         for k in ATOM_FIELDS:
             terms[f"{k}_mse"] = self.masked_mse(pred[k], self.processes[k].target(noise[k], t), mask)
 
-        penalty, reg_terms = self.regulariser(mu, logvar)
+        if self.latent is None:
+            penalty, reg_terms = self.regulariser(mu, logvar)
+        else:
+            penalty, reg_terms = self.latent_regulariser(posterior, z)
         total = self.weighted_total(terms) + self.num_atoms_weight * terms["num_atoms_ce"] + penalty
         if "composition_ce" in terms:
             total = total + self.composition_weight * terms["composition_ce"]
+        if self.latent is not None and self.trains_prior_alongside():
+            prior_terms = self.prior_stage_loss(params)
+            total = total + prior_terms.pop("loss")
+            reg_terms = {**reg_terms, **prior_terms}
         return {"loss": total, **terms, **reg_terms}
 
     @property
@@ -226,8 +260,9 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         return self.sampler.nfe(self.timesteps)
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
-        """``z ~ N(0, I)``; the atom count (argmax of its head, as CDVAE) and the lattice from ``z``; then the
-        predictor-corrector sampler over the atom fields, on that fixed lattice."""
+        """``z ~ N(0, I)`` (or the latent object's prior); the atom count (argmax of its head, as CDVAE) and
+        the lattice from ``z``; then the predictor-corrector sampler over the atom fields, on that fixed
+        lattice."""
         z = self.sample_prior(n, generator)
         stats = self.decode_stats(z)
         mask = self.atom_mask(stats["num_atoms"].argmax(dim=-1) + 1)
