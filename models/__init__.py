@@ -37,6 +37,7 @@ __all__ = [
     "CrystalRealNVP",
     "CrystalTransformer",
     "CrystalVAE",
+    "CrystalVAEGAN",
     "CrystalWGANGP",
     "GenerativeModule",
     "NonFiniteLossError",
@@ -50,6 +51,7 @@ __all__ = [
 MODEL_CLASSES: dict[str, str] = {
     "CrystalVAE": "bench.models.vae.vae:CrystalVAE",
     "CrystalCDVAE": "bench.models.vae.cdvae:CrystalCDVAE",
+    "CrystalVAEGAN": "bench.models.vae.vae_gan:CrystalVAEGAN",
     "CrystalGAN": "bench.models.gan.base:CrystalGAN",
     "CrystalWGANGP": "bench.models.gan.wgan_gp:CrystalWGANGP",
     "CrystalPeriodicWGANGP": "bench.models.gan.periodic:CrystalPeriodicWGANGP",
