@@ -29,6 +29,7 @@ __all__ = [
     "MODEL_CLASSES",
     "CrystalCDVAE",
     "CrystalCGAN",
+    "CrystalD3PM",
     "CrystalDDPM",
     "CrystalDiffCSP",
     "CrystalFlowMatching",
@@ -58,6 +59,7 @@ MODEL_CLASSES: dict[str, str] = {
     "CrystalCGAN": "bench.models.gan.cgan:CrystalCGAN",
     "CrystalDDPM": "bench.models.diffusion.ddpm:CrystalDDPM",
     "CrystalDiffCSP": "bench.models.diffusion.diffcsp:CrystalDiffCSP",
+    "CrystalD3PM": "bench.models.diffusion.d3pm:CrystalD3PM",
     "CrystalRealNVP": "bench.models.flow.realnvp:CrystalRealNVP",
     "CrystalFlowMatching": "bench.models.flow_matching.model:CrystalFlowMatching",
 }

@@ -135,19 +135,30 @@ class CrystalDiffCSP(PeriodicCrystalModule):
         return self.network(x_t, t, mask)
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Weighted per-field regression of each process's target at uniformly drawn steps."""
+        """``sum_f w_f field_loss(f)`` at uniformly drawn steps (for diffcsp, the regression of each process's
+        target)."""
         x0, mask = self.data_fields(batch)
         t = torch.randint(1, self.timesteps + 1, (mask.shape[0],), device=self.device)
         noise = {k: torch.randn_like(v) for k, v in x0.items()}
         x_t = {k: self.processes[k].q_sample(x0[k], t, noise[k]) for k in FIELDS}
         pred = self.predict(x_t, t, mask)
-        terms = {
-            f"{k}_mse": self.masked_mse(
-                pred[k], self.processes[k].target(noise[k], t), mask if k in ATOM_FIELDS else None
-            )
-            for k in FIELDS
-        }
-        return {"loss": self.weighted_total(terms), **terms}
+        total: Tensor | int = 0
+        terms: dict[str, Tensor] = {}
+        for k in FIELDS:
+            value, logged = self.field_loss(k, pred[k], x0[k], x_t[k], noise[k], t, mask)
+            total = total + self.weights[k] * value
+            terms.update(logged)
+        return {"loss": total, **terms}
+
+    def field_loss(
+        self, key: str, pred: Tensor, x0: Tensor, x_t: Tensor, noise: Tensor, t: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Field ``key``'s loss (weighted by the model) and the terms to log: the mean squared error against
+        its process's target, over the crystal's atoms for per-atom fields (a variant whose process is not
+        a regression overrides it)."""
+        target = self.processes[key].target(noise, t)
+        value = self.masked_mse(pred, target, mask if key in ATOM_FIELDS else None)
+        return value, {f"{key}_mse": value}
 
     @property
     def nfe(self) -> int:

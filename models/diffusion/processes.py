@@ -20,6 +20,12 @@ Processes:
   the wrapped normal, normalised by its root mean square; reverse steps follow the VE SDE (Song et al. 2021,
   "Score-Based Generative Modeling through Stochastic Differential Equations", ICLR, arXiv:2011.13456) and
   wrap.
+- :class:`Categorical`: a discrete Markov chain over the element classes (Austin, Johnson, Ho, Tarlow &
+  van den Berg 2021, "Structured Denoising Diffusion Models in Discrete State-Spaces", NeurIPS,
+  arXiv:2107.03006): uniform transitions (their D3PM-uniform, the multinomial diffusion of Hoogeboom et al.
+  2021) or an absorbing [MASK] state (D3PM-absorbing); the network predicts the logits of ``x0`` and the
+  reverse step is the posterior averaged over that prediction (their eq. 4). Its states are one-hot rows; its
+  loss is the paper's hybrid ``L_vb + lambda L_CE`` (:meth:`Categorical.loss`) instead of a regression target.
 """
 
 from __future__ import annotations
@@ -32,7 +38,14 @@ import torch
 from bench.models.diffusion.schedule import alpha_bars_for
 from torch import Tensor
 
-__all__ = ["VPGaussian", "WrappedNormalVE", "wrapped_normal_score", "wrapped_score_norm"]
+__all__ = [
+    "Categorical",
+    "VPGaussian",
+    "WrappedNormalVE",
+    "categorical_betas",
+    "wrapped_normal_score",
+    "wrapped_score_norm",
+]
 
 
 def _draw(fn, shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:  # noqa: ANN001
@@ -201,3 +214,312 @@ class WrappedNormalVE:
         ratio = _per_sample(self.sigmas, t, x_t) / self.sigmas[1]
         step = step_lr * ratio**2
         return torch.remainder(x_t + step * self._score(pred, t) + (2.0 * step).sqrt() * noise, 1.0)
+
+
+_CATEGORICAL_KINDS = ("uniform", "absorbing")
+
+
+def categorical_betas(kind: str, schedule: str, timesteps: int) -> Tensor:
+    """``beta_t`` for ``t = 1..T`` (float64) of a categorical chain: the probability that a step re-draws the
+    state from the stationary distribution.
+
+    Austin et al. (2021), section 3.4:
+
+    - ``"cosine"``: the cumulative probability of keeping the state is a cosine,
+      ``alpha_bar_t ~ cos((t/T + s) / (1 + s) * pi/2)`` with ``s = 0.008``, ``beta_t = 1 - alpha_bar_t /
+      alpha_bar_{t-1}`` clipped at 0.999: Hoogeboom et al.'s schedule for multinomial diffusion, used by the
+      D3PM authors for their uniform chain (their released code takes the cosine itself, not its square as
+      Nichol & Dhariwal do for Gaussians);
+    - ``"mutual_information"``: the mutual information between ``x_t`` and ``x0`` falls linearly to zero; for
+      the absorbing chain this is exactly ``beta_t = 1 / (T - t + 1)`` (Sohl-Dickstein et al. 2015), so
+      ``alpha_bar_t = 1 - t/T``. For the uniform chain it has no closed form and is not offered.
+
+    Raises:
+        ValueError: an unknown kind or schedule, or ``mutual_information`` for the uniform chain.
+    """
+    if kind not in _CATEGORICAL_KINDS:
+        raise ValueError(f"kind must be one of {_CATEGORICAL_KINDS}, got {kind!r}")
+    if timesteps < 1:
+        raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+    steps = torch.arange(timesteps + 1, dtype=torch.float64)
+    if schedule == "cosine":
+        f = torch.cos((steps / timesteps + 0.008) / 1.008 * math.pi / 2.0)
+        return (1.0 - f[1:] / f[:-1]).clamp(max=0.999)
+    if schedule == "mutual_information":
+        if kind != "absorbing":
+            raise ValueError(
+                "the mutual-information schedule has a closed form only for the absorbing chain "
+                "(beta_t = 1/(T - t + 1)); use schedule: cosine for kind: uniform"
+            )
+        return 1.0 / (timesteps - steps[1:] + 1.0)
+    raise ValueError(f"schedule must be 'cosine' or 'mutual_information', got {schedule!r}")
+
+
+def _gumbel_argmax(logp: Tensor, noise: Tensor | None) -> Tensor:
+    """Indices drawn from ``Cat(softmax(logp))`` by the Gumbel-max trick, with the uniforms taken from
+    standard normal ``noise`` through the normal CDF (``Phi(z)`` is uniform when ``z`` is standard normal), so
+    a categorical field draws from the same normal noise as every other field; ``noise=None``: the mode.
+
+    ``-log(-log Phi(z))`` is computed as ``-log(-log_ndtr(z))``, finite for any ``z`` a float32 normal draw
+    reaches; entries with ``logp = -inf`` are never drawn.
+    """
+    if noise is None:
+        return logp.argmax(dim=-1)
+    neg_log_u = (-torch.special.log_ndtr(noise.to(logp.dtype))).clamp_min(torch.finfo(logp.dtype).tiny)
+    return (logp - torch.log(neg_log_u)).argmax(dim=-1)
+
+
+class Categorical:
+    """A discrete diffusion of one-hot states: D3PM (Austin et al. 2021, arXiv:2107.03006) with the uniform or
+    the absorbing transition matrices.
+
+    Both chains step as ``Q_t = (1 - beta_t) I + beta_t 1 pi^T`` (their section 3.1 and appendix A.2), with
+    ``pi`` the stationary distribution: uniform over the K classes (``kind="uniform"``), or all mass on an
+    extra [MASK] state, index K (``kind="absorbing"``, ``K + 1`` states). Products of such matrices keep the
+    form, ``Q(a) Q(b) = Q(ab)`` with ``Q(a) = a I + (1 - a) 1 pi^T``, so ``Q_bar_t = Q(alpha_bar_t)`` and the
+    steps between any ``s < t`` are ``Q(alpha_bar_t / alpha_bar_s)``: every quantity below is computed in
+    closed form (the dense matrices are :meth:`transition_matrix`, :meth:`cumulative_matrix`), and respaced
+    reverse steps are exact.
+
+    A state is a one-hot row over the ``S`` states (``S = K``, or ``K + 1`` with [MASK]); a row of zeros is an
+    empty slot: every method carries it through unchanged, and it adds nothing to the loss. The network reads
+    :meth:`network_input` (the K element channels; [MASK] is the zero vector there) and emits K logits of
+    ``p(x0 | x_t)`` (``prediction_type = "x0_logits"``).
+
+    Args:
+        timesteps: T.
+        kind: ``"absorbing"`` or ``"uniform"``.
+        schedule: ``"mutual_information"`` (``beta_t = 1/(T - t + 1)``, absorbing only) or ``"cosine"``;
+            ``None``: the paper's choice for the kind (absorbing: mutual information; uniform: cosine).
+        ce_weight: lambda of the hybrid loss ``L_vb + lambda L_CE`` (section 3.4; the paper uses 0.01 on
+            text, 0.001 on images).
+    """
+
+    prediction_type = "x0_logits"
+
+    def __init__(
+        self, timesteps: int = 1000, kind: str = "absorbing", schedule: str | None = None,
+        ce_weight: float = 0.01,
+    ) -> None:
+        if kind not in _CATEGORICAL_KINDS:
+            raise ValueError(f"kind must be one of {_CATEGORICAL_KINDS}, got {kind!r}")
+        if ce_weight < 0:
+            raise ValueError(f"ce_weight must be >= 0, got {ce_weight}")
+        self.kind = kind
+        self.schedule = schedule or ("mutual_information" if kind == "absorbing" else "cosine")
+        self.timesteps = int(timesteps)
+        self.ce_weight = float(ce_weight)
+        betas = categorical_betas(kind, self.schedule, self.timesteps)
+        zero = torch.zeros(1, dtype=torch.float64)
+        #: ``beta_t`` for ``t = 0..T`` (``beta_0 = 0``), float64.
+        self.betas = torch.cat([zero, betas])
+        #: ``alpha_bar_t = prod_{s <= t} (1 - beta_s)`` for ``t = 0..T`` (``alpha_bar_0 = 1``), float64: the
+        #: probability that a state has not been re-drawn by step ``t``.
+        self.alpha_bars = torch.cumprod(1.0 - self.betas, dim=0)
+
+    # ------------------------------------------------------------------ states
+    @property
+    def absorbing(self) -> bool:
+        return self.kind == "absorbing"
+
+    def num_states(self, num_classes: int) -> int:
+        """``S``: the K classes, plus [MASK] for the absorbing chain."""
+        return num_classes + int(self.absorbing)
+
+    def num_classes(self, num_states: int) -> int:
+        """``K`` from the width ``S`` of a state."""
+        return num_states - int(self.absorbing)
+
+    def states(self, onehot: Tensor) -> Tensor:
+        """One-hot rows over the K classes (zero rows: empty slots) as states (with a zero [MASK]
+        channel)."""
+        if not self.absorbing:
+            return onehot
+        return torch.cat([onehot, torch.zeros_like(onehot[..., :1])], dim=-1)
+
+    def network_input(self, x: Tensor) -> Tensor:
+        """The K element channels of states ``x``: an element is its one-hot, [MASK] the zero vector (the
+        network tells it from an empty slot by the atom mask it is given)."""
+        return x[..., : self.num_classes(x.shape[-1])]
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Scores over the K classes of final states (one-hot; a [MASK] row, which no reverse step to
+        ``s = 0`` leaves, would score zero everywhere)."""
+        return x[..., : self.num_classes(x.shape[-1])]
+
+    def stationary(self, num_classes: int) -> Tensor:
+        """``pi`` over the ``S`` states (float64)."""
+        if self.absorbing:
+            pi = torch.zeros(num_classes + 1, dtype=torch.float64)
+            pi[-1] = 1.0
+            return pi
+        return torch.full((num_classes,), 1.0 / num_classes, dtype=torch.float64)
+
+    def matrix(self, alpha: float, num_classes: int) -> Tensor:
+        """``Q(alpha) = alpha I + (1 - alpha) 1 pi^T`` (``S x S``, float64; rows: from, columns: to)."""
+        pi = self.stationary(num_classes)
+        eye = torch.eye(pi.numel(), dtype=torch.float64)
+        return alpha * eye + (1.0 - alpha) * pi.unsqueeze(0).expand_as(eye)
+
+    def transition_matrix(self, t: int, num_classes: int) -> Tensor:
+        """``Q_t``, ``[Q_t]_ij = q(x_t = j | x_{t-1} = i)``, for ``t = 1..T``."""
+        if not 1 <= t <= self.timesteps:
+            raise ValueError(f"t must be in 1..{self.timesteps}, got {t}")
+        return self.matrix(1.0 - float(self.betas[t]), num_classes)
+
+    def cumulative_matrix(self, t: int, num_classes: int) -> Tensor:
+        """``Q_bar_t = Q_1 ... Q_t``, ``[Q_bar_t]_ij = q(x_t = j | x0 = i)``, for ``t = 0..T`` (the
+        identity at 0)."""
+        if not 0 <= t <= self.timesteps:
+            raise ValueError(f"t must be in 0..{self.timesteps}, got {t}")
+        return self.matrix(float(self.alpha_bars[t]), num_classes)
+
+    # ------------------------------------------------------------------ closed forms
+    @staticmethod
+    def _present(x: Tensor, fill: int = 0) -> tuple[Tensor, Tensor]:
+        """``(present, x_safe)``: which rows hold a state, and ``x`` with empty rows set to state ``fill``, so
+        that every log-probability stays finite (and so every gradient; their results are zeroed afterwards).
+        A clean ``x0`` is filled with class 0, a noisy ``x_t`` with the last state, which every step can reach
+        ([MASK] for the absorbing chain)."""
+        present = x.sum(dim=-1, keepdim=True) > 0
+        filled = torch.zeros_like(x)
+        filled[..., fill] = 1.0
+        return present, torch.where(present, x, filled)
+
+    @staticmethod
+    def _coef(values: Tensor, like: Tensor) -> Tensor:
+        """Per-sample float64 ``values`` ``[B]`` (on the CPU) as ``like``'s dtype and device, shaped to
+        broadcast against it. Coefficients are formed in float64 first (``1 - alpha`` is small near
+        ``t = 0``)."""
+        return values.to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
+
+    def _alpha_bars(self, t: Tensor) -> Tensor:
+        """``alpha_bar_t`` (float64, CPU) at steps ``t`` ``[B]``."""
+        return self.alpha_bars[t.detach().cpu().long()]
+
+    def _x0_marginal_logp(self, log_p0: Tensor, alpha: Tensor) -> Tensor:
+        """``log (p0 Q(alpha))`` over the ``S`` states for distributions ``p0`` over the K classes (given as
+        log-probabilities ``[..., K]``, no mass on [MASK]); ``alpha`` ``[B]`` float64.
+
+        In closed form, ``alpha p0 + (1 - alpha) pi``, so no log of a sum that can vanish is differentiated.
+        """
+        log_a = self._coef(torch.log(alpha), log_p0)
+        if self.absorbing:
+            mask = self._coef(torch.log1p(-alpha), log_p0).expand(*log_p0.shape[:-1], 1)
+            return torch.cat([log_a + log_p0, mask], dim=-1)
+        k = log_p0.shape[-1]
+        return torch.logaddexp(log_a + log_p0, self._coef(torch.log1p(-alpha) - math.log(k), log_p0))
+
+    def _likelihood_logp(self, x_t: Tensor, alpha: Tensor) -> Tensor:
+        """``log q(x_t | x_s = j)`` for every state ``j``, the column of ``Q(alpha)`` at ``x_t`` (one-hot
+        ``[..., S]``): ``alpha [x_t = j] + (1 - alpha) pi(x_t)``; ``alpha`` ``[B]`` float64."""
+        a, rest = self._coef(alpha, x_t), self._coef(1.0 - alpha, x_t)
+        k = self.num_classes(x_t.shape[-1])
+        pi_xt = x_t[..., -1:] if self.absorbing else torch.full_like(x_t[..., :1], 1.0 / k)
+        return torch.log(a * x_t + rest * pi_xt)
+
+    def _reverse_logits(self, log_p0: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """Unnormalised ``log p(x_s | x_t)`` for ``s < t`` with ``x0 ~ p0``:
+        ``log q(x_t | x_s) + log sum_x0 p0(x0) q(x_s | x0)`` (Austin et al., eq. 4:
+        ``p(x_s | x_t) ~ sum_x0 q(x_s, x_t | x0) p0(x0)``). With ``p0`` a point mass on ``x0`` it is the
+        posterior ``q(x_s | x_t, x0)`` (their eq. 3)."""
+        a_t, a_s = self._alpha_bars(t), self._alpha_bars(s)
+        return self._likelihood_logp(x_t, a_t / a_s) + self._x0_marginal_logp(log_p0, a_s)
+
+    def _log_onehot(self, x0: Tensor) -> Tensor:
+        """log-probabilities over the K classes of one-hot states ``x0`` (0 and -inf)."""
+        return torch.log(x0[..., : self.num_classes(x0.shape[-1])])
+
+    # ------------------------------------------------------------------ the process interface
+    def prior(self, shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:
+        """``x_T``: states drawn uniformly (uniform chain), or all [MASK] (absorbing chain; draws nothing)."""
+        if self.absorbing:
+            out = torch.zeros(tuple(shape), device=device)
+            out[..., -1] = 1.0
+            return out
+        index = _draw(torch.rand, shape, generator, device).argmax(dim=-1)
+        return torch.nn.functional.one_hot(index, shape[-1]).to(torch.float32)
+
+    def q_probs(self, x0: Tensor, t: Tensor) -> Tensor:
+        """``q(x_t | x0) = x0 Q_bar_t`` for one-hot ``x0`` ``[B, ..., S]`` at steps ``t`` ``[B]``."""
+        present, x0 = self._present(x0)
+        logp = self._x0_marginal_logp(self._log_onehot(x0), self._alpha_bars(t))
+        return logp.exp() * present
+
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """``x_t ~ Cat(x0 Q_bar_t)``, drawn by Gumbel-max from standard normal ``noise`` of ``x0``'s shape."""
+        present, x0 = self._present(x0)
+        logp = self._x0_marginal_logp(self._log_onehot(x0), self._alpha_bars(t))
+        index = _gumbel_argmax(logp, noise)
+        return torch.nn.functional.one_hot(index, x0.shape[-1]).to(x0.dtype) * present
+
+    def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """One forward step, ``x_t ~ Cat(x_{t-1} Q_t)`` (the Markov chain itself; :meth:`q_sample` jumps from
+        ``x0``)."""
+        present, x_prev = self._present(x_prev)
+        beta = self.betas[t.detach().cpu().long()]
+        pi = self.stationary(self.num_classes(x_prev.shape[-1])).to(x_prev.dtype).to(x_prev.device)
+        probs = self._coef(1.0 - beta, x_prev) * x_prev + self._coef(beta, x_prev) * pi
+        index = _gumbel_argmax(torch.log(probs), noise)
+        return torch.nn.functional.one_hot(index, x_prev.shape[-1]).to(x_prev.dtype) * present
+
+    def posterior_probs(self, x0: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``q(x_s | x_t, x0)`` for ``s < t`` (Austin et al., eq. 3, between any two steps)."""
+        present, x0 = self._present(x0)
+        _, x_t = self._present(x_t, fill=-1)
+        return torch.softmax(self._reverse_logits(self._log_onehot(x0), x_t, t, s), dim=-1) * present
+
+    def reverse_probs(self, logits: Tensor, x_t: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``p(x_s | x_t)`` for ``s < t`` from the network's logits of ``p(x0 | x_t)`` ``[..., K]``
+        (eq. 4)."""
+        present, x_t = self._present(x_t, fill=-1)
+        log_p0 = torch.log_softmax(logits, dim=-1)
+        return torch.softmax(self._reverse_logits(log_p0, x_t, t, s), dim=-1) * present
+
+    def reverse_step(self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None) -> Tensor:
+        """``x_s ~ p(x_s | x_t)`` (eq. 4, respacing-safe) from the network's x0 logits ``pred``; Gumbel-max
+        on standard normal ``noise`` (``None``: the most probable state). At ``s = 0`` no state but the K
+        classes has mass, so no [MASK] survives the last step; an absorbing chain keeps every unmasked
+        atom."""
+        present, x_t = self._present(x_t, fill=-1)
+        log_p0 = torch.log_softmax(pred, dim=-1)
+        index = _gumbel_argmax(self._reverse_logits(log_p0, x_t, t, s), noise)
+        return torch.nn.functional.one_hot(index, x_t.shape[-1]).to(x_t.dtype) * present
+
+    def corrector_step(self, x_t: Tensor, pred: Tensor, t: Tensor, noise: Tensor, step_lr: float) -> Tensor:
+        """No corrector for this field: unchanged."""
+        return x_t
+
+    def loss(self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The hybrid loss per state, at steps ``t`` ``[B]`` in ``1..T`` (Austin et al., section 3.4).
+
+        - ``vb``: ``KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))``; at ``t = 1`` the posterior is the point
+          mass on ``x0`` and this is ``-log p(x0 | x_1)``, the bound's reconstruction term. (The prior term
+          ``L_T`` has no parameters and is left out.) In nats.
+        - ``ce``: ``-log p(x0 | x_t)``, the auxiliary cross-entropy of the x0 prediction.
+        - ``loss``: ``vb + ce_weight * ce``.
+
+        Args:
+            logits: the network's ``[..., K]`` logits of ``p(x0 | x_t)``.
+            x0: the clean one-hot states ``[..., S]``.
+            x_t: the noisy states drawn by :meth:`q_sample`.
+            t: steps ``[B]``.
+
+        Returns:
+            ``vb``, ``ce``, ``loss``, each ``[...]`` (0 at empty rows).
+        """
+        present, x0 = self._present(x0)
+        _, x_t = self._present(x_t, fill=-1)
+        present = present.squeeze(-1)
+        log_p0 = torch.log_softmax(logits, dim=-1)
+        s = t - 1
+        log_q = torch.log_softmax(self._reverse_logits(self._log_onehot(x0), x_t, t, s), dim=-1)
+        log_p = torch.log_softmax(self._reverse_logits(log_p0, x_t, t, s), dim=-1)
+        q = log_q.exp()
+        # 0 log 0 = 0: where q vanishes so may p (e.g. [MASK] at s = 0); keep those terms out of the graph.
+        vb = (q * torch.where(q > 0, log_q - log_p, torch.zeros_like(log_q))).sum(dim=-1)
+        k = log_p0.shape[-1]
+        ce = -log_p0.gather(-1, x0[..., :k].argmax(dim=-1, keepdim=True)).squeeze(-1)
+        zero = torch.zeros_like(vb)
+        vb, ce = torch.where(present, vb, zero), torch.where(present, ce, zero)
+        return {"vb": vb, "ce": ce, "loss": vb + self.ce_weight * ce}
