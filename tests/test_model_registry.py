@@ -23,6 +23,13 @@ def test_registry_names_every_model_config_and_resolves_lazily() -> None:
         get_model_class("vea")
 
 
+def test_every_listed_model_names_its_family_as_its_class_does() -> None:
+    from bench.catalog import models
+
+    for entry in models(papers=False):  # read from each YAML file itself: a variant must say its family
+        assert entry["family"] == get_model_class(entry["name"]).family, entry["name"]
+
+
 def test_listing_models_imports_no_model_and_a_lookup_imports_only_its_own() -> None:
     code = (
         "import sys\n"
