@@ -74,6 +74,26 @@ def test_show_fits_the_width_with_distinct_labels(tmp_path: Path, width: int) ->
     assert len(lines) < 60
 
 
+def test_at_80_columns_a_board_of_several_protocols_keeps_every_row_label(tmp_path: Path) -> None:
+    """A protocol column would leave no room for the labels at 80 columns: the board splits into one table per
+    protocol (named in its title) instead, and every row keeps its label."""
+    results = _results(tmp_path / "results")
+    longer = {**PROTOCOL, "label": PROTOCOL["label"].replace("perov_5_offline", "perov_5_offline_12k"),
+              "id": PROTOCOL["id"].replace("perov_5_offline", "perov_5_offline_12k")}
+    _results(results, protocol=longer)
+    console = Console(record=True, width=80)
+    tables = show(results, dataset="perov_5", console=console)
+    out = console.export_text()
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "perov_5_offline_12k n1000 (not official)" in out and "one table per protocol" in out
+    own = [t for t in tables if "reported" not in str(t.title)]
+    assert len(own) == 2
+    for table in own:
+        assert [str(c.header) for c in table.columns][:2] == ["model", "seeds"]  # no protocol column
+        labels = ["".join(str(c).split()) for c in table.columns[0]._cells]
+        assert "ddpm-eps-cosine+ddim-50" in labels and "wgan-gp" in labels
+
+
 def test_row_labels_name_model_variant_and_sampler() -> None:
     from bench.leaderboard.aggregate import Row
 

@@ -80,6 +80,7 @@ class _Layout:
     extras: bool = True  # family and cost columns
     std: bool = True
     narrow: bool = False  # metric headers broken after each "_", labels folded
+    split: bool = False  # one table per protocol (named in its title) instead of a protocol column
     note: str = ""
 
 
@@ -91,7 +92,12 @@ _LAYOUTS = (
             note="confidence intervals, family and cost columns, standard deviations (means only)"),
     _Layout(ci=False, extras=False, std=False, narrow=True,
             note="confidence intervals, family and cost columns, standard deviations (means only)"),
+    _Layout(ci=False, extras=False, std=False, narrow=True, split=True,
+            note="confidence intervals, family and cost columns, standard deviations (means only); one table "
+                 "per protocol"),
 )
+#: The narrowest a folded model label may get: narrower, a terminal would squeeze it out of the table.
+_LABEL_MIN_WIDTH = 16
 
 
 def _header(name: str, direction: str, narrow: bool) -> str:
@@ -134,7 +140,10 @@ def _own_table(
     if sort:
         title += f" — sorted by {sort} {arrow(directions[sort])}"
     table = _table(title)
-    table.add_column("model", no_wrap=not layout.narrow, overflow="fold")
+    labels = row_labels(rows, protocol_column=len(protocols) > 1)
+    longest = max((len(label) for label in labels), default=len("model"))
+    table.add_column("model", no_wrap=not layout.narrow, overflow="fold",
+                     min_width=min(longest, _LABEL_MIN_WIDTH))
     if layout.extras:
         table.add_column("family", no_wrap=True)
     if len(protocols) > 1:
@@ -150,7 +159,6 @@ def _own_table(
     if show_status:
         table.add_column("status", no_wrap=True)
     notes: list[str] = []
-    labels = row_labels(rows, protocol_column=len(protocols) > 1)
     for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
         status = Text("complete")
         if row.status != "complete":  # reasons are long: a numbered note under the table
@@ -269,9 +277,16 @@ def board_tables(
         published = [] if protocol is not None else board.published_rows(name)
         if sort is not None:
             own, published = sorted_rows(own, sort, keys[sort]), sorted_rows(published, sort, keys[sort])
-        if own:
-            own_sort = sort if sort in sort_keys(own) else None
-            tables.append(_own_table(name, own, own_sort, _columns(own, metrics), layout))
+        groups = [own]
+        if layout.split:  # one table per protocol, in the order the rows come
+            by_protocol: dict[str, list[Row]] = {}
+            for row in own:
+                by_protocol.setdefault(short_protocol(row), []).append(row)
+            groups = list(by_protocol.values())
+        for group in groups:
+            if group:
+                group_sort = sort if sort in sort_keys(group) else None
+                tables.append(_own_table(name, group, group_sort, _columns(group, metrics), layout))
         if published and _columns(published, metrics):
             tables.append(_published_table(name, published, _columns(published, metrics), layout))
     return tables
