@@ -359,7 +359,12 @@ def _fit(
         if isinstance(err, NonFiniteLossError):
             log.error("training stopped: %s", err)
         raise
-    return trainer, history.losses, time.perf_counter() - start, ckpt_path
+    seconds = time.perf_counter() - start
+    if ckpt_path is not None:  # resumed: the wall-clock cap's timer carries the earlier attempts' time too
+        timer = next((c for c in trainer.callbacks if isinstance(c, pl.callbacks.Timer)), None)
+        if timer is not None:
+            seconds = max(seconds, float(timer.time_elapsed("train")))
+    return trainer, history.losses, seconds, ckpt_path
 
 
 def _fit_stages(

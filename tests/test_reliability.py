@@ -134,6 +134,35 @@ def test_a_moved_training_killed_twice_resumes_from_its_latest_checkpoint(
     assert counter.calls == [6, 7]
 
 
+def test_a_resumed_training_counts_the_time_of_its_earlier_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_seconds of a resumed training is the time the wall-clock cap counted: both attempts."""
+    import time
+
+    from bench.models.vae.vae import CrystalVAE
+
+    from bench.train import train
+
+    overrides = ["trainer.max_steps=6", "train.ckpt_every_n_steps=2", "trainer.max_time=00:01:00:00"]
+    original = CrystalVAE.loss
+
+    def slow(module, batch):  # noqa: ANN001, ANN202
+        if module.training:
+            time.sleep(1.0)  # 4 steps before the checkpoint of step 4: at least 4 s in the first attempt
+            if module.global_step >= 5:
+                raise RuntimeError("simulated kill")
+        return original(module, batch)
+
+    monkeypatch.setattr(CrystalVAE, "loss", slow)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(_cfg(tmp_path, *overrides))
+    monkeypatch.undo()
+    summary = train(_cfg(tmp_path, *overrides, "train.ckpt_path=last"))  # two quick steps
+    assert summary["steps"] == 6 and summary["resumed_from"]
+    assert summary["train_seconds"] >= 4.0  # not only the second attempt's own time
+
+
 def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
     result = _cli(tmp_path, "train", "dataset=tiny", "trainer.max_stepz=3")
     assert result.returncode == 2
