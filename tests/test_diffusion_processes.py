@@ -13,6 +13,7 @@ from bench.models.diffusion.processes import (
     wrapped_normal_score,
     wrapped_score_norm,
 )
+from bench.models.diffusion.samplers import AncestralSampler
 from bench.models.flow_matching.paths import wrap
 
 
@@ -78,8 +79,10 @@ def _exact_predictor(processes: dict, target: dict[str, torch.Tensor]):  # noqa:
 
 
 @pytest.mark.parametrize("sampler", [PredictorCorrectorSampler(steps=40, step_lr=1e-5),
-                                     PredictorCorrectorSampler(steps=None, step_lr=0.0)])
-def test_predictor_corrector_lands_on_a_point_mass(sampler: PredictorCorrectorSampler) -> None:
+                                     PredictorCorrectorSampler(steps=None, step_lr=0.0),
+                                     AncestralSampler(steps=40)])
+def test_pc_and_ancestral_samplers_land_on_a_point_mass(sampler: AncestralSampler) -> None:
+    """DiffCSP's sampler, and the ancestral sampler of the same protocol, on a wrapped VE and a VP field."""
     T = 100
     processes = {"frac_coords": WrappedNormalVE(timesteps=T), "lattice": VPGaussian(timesteps=T)}
     target = {
@@ -112,35 +115,3 @@ def test_vp_gaussian_marginal_variance_is_preserved() -> None:
     x_t = process.q_sample(x0, torch.full((50000,), 600), noise)
     assert float(x_t.var()) == pytest.approx(1.0, abs=0.03)
     assert math.isclose(float(process.alpha_bars[-1]), 0.0, abs_tol=1e-4)
-
-
-def test_ddpm_ancestral_sampler_is_the_pc_sampler_on_vp_processes_without_corrector() -> None:
-    """The seed DDPM's ancestral sampler (posterior variance, x0 clipping, respaced steps) is a configuration
-    of the per-field machinery: DiffCSP's predictor-corrector sampler with ``step_lr = 0`` on ``VPGaussian``
-    processes gives the same samples from the same generator (the network sees 0-based steps there, 1-based
-    here)."""
-    from bench.models.diffusion.samplers import AncestralSampler
-    from bench.models.diffusion.schedule import cosine_alpha_bars
-
-    T, steps = 200, 25
-    shapes = {"atom_types": (6, 4, 3), "lattice": (6, 6)}
-    weights = {k: torch.randn(s[1:], generator=torch.Generator().manual_seed(9)) for k, s in shapes.items()}
-
-    def eps_model(x: dict[str, torch.Tensor], t0: torch.Tensor) -> dict[str, torch.Tensor]:
-        """An arbitrary smooth 'network' of the noisy fields and the (0-based) step."""
-        scale = (t0.float() / T).view(-1, *([1] * (next(iter(x.values())).dim() - 1)))
-        return {k: torch.tanh(v * weights[k] + scale[..., : 1] if v.dim() == 2 else v * weights[k] + scale)
-                for k, v in x.items()}
-
-    clip = {"atom_types": 1.0, "lattice": 5.0}
-    old = AncestralSampler(steps=steps)(eps_model, cosine_alpha_bars(T).float(), shapes,
-                                        torch.Generator().manual_seed(4), torch.device("cpu"), clip=clip)
-    processes = {k: VPGaussian(timesteps=T, clip=clip[k]) for k in shapes}
-    g = torch.Generator().manual_seed(4)
-    x = {k: processes[k].prior(shapes[k], g, torch.device("cpu")) for k in sorted(shapes)}
-    new = PredictorCorrectorSampler(steps=steps, step_lr=0.0)(
-        lambda x_t, t: eps_model(x_t, t - 1), processes, x, T,
-        lambda: {k: torch.randn(shapes[k], generator=g) for k in sorted(shapes)},
-    )
-    for key in shapes:
-        torch.testing.assert_close(new[key], old[key], atol=1e-5, rtol=1e-5)

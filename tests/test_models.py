@@ -18,6 +18,7 @@ import torch
 from bench.datasets.codec import CrystalCodec, DecodeFailure
 from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
+from bench.models.diffusion.processes import VPGaussian
 from bench.models.diffusion.samplers import AncestralSampler, DDIMSampler, respaced_timesteps
 from bench.models.diffusion.schedule import cosine_alpha_bars
 from hydra.core.global_hydra import GlobalHydra
@@ -286,24 +287,31 @@ def test_cosine_schedule_and_respacing() -> None:
 @pytest.mark.parametrize("sampler", [AncestralSampler(steps=20), DDIMSampler(steps=10, eta=0.5)])
 def test_samplers_are_deterministic_and_recover_a_point_mass(sampler: Any) -> None:
     """With the exact noise predictor of a point mass at ``x0``, every sampler must land on ``x0``."""
-    alpha_bars = cosine_alpha_bars(100).float()
+    T = 100
+    processes = {"a": VPGaussian(T, clip=1.0), "b": VPGaussian(T)}
     target = {"a": torch.full((4, 3, 2), 0.5), "b": torch.full((4, 6), -2.0)}
+    shapes = {k: tuple(v.shape) for k, v in target.items()}
 
     def exact(x_t: dict[str, torch.Tensor], t: torch.Tensor) -> dict[str, torch.Tensor]:
-        a = alpha_bars[t].view(-1, *([1] * (x_t["a"].dim() - 1)))
-        out = {"a": (x_t["a"] - a.sqrt() * target["a"]) / (1 - a).sqrt()}
-        a = alpha_bars[t].view(-1, 1)
-        out["b"] = (x_t["b"] - a.sqrt() * target["b"]) / (1 - a).sqrt()
+        out = {}
+        for key, value in x_t.items():
+            a = processes[key].alpha_bars[t].view(-1, *([1] * (value.dim() - 1)))
+            out[key] = (value - a.sqrt() * target[key]) / (1 - a).sqrt()
         return out
 
-    shapes = {k: tuple(v.shape) for k, v in target.items()}
-    run = [
-        sampler(exact, alpha_bars, shapes, torch.Generator().manual_seed(0), torch.device("cpu"), {"a": 1.0})
-        for _ in range(2)
-    ]
+    def run() -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(0)
+        x = {k: processes[k].prior(shapes[k], g, torch.device("cpu")) for k in sorted(shapes)}
+
+        def noise() -> dict[str, torch.Tensor]:
+            return {k: torch.randn(shapes[k], generator=g) for k in sorted(shapes)}
+
+        return sampler(exact, processes, x, T, noise)
+
+    first, second = run(), run()
     for key in target:
-        assert torch.equal(run[0][key], run[1][key])
-        torch.testing.assert_close(run[0][key], target[key], atol=1e-3, rtol=1e-3)
+        assert torch.equal(first[key], second[key])
+        torch.testing.assert_close(first[key], target[key], atol=1e-3, rtol=1e-3)
 
 
 def test_sampler_is_swappable_by_config(codec: CrystalCodec) -> None:

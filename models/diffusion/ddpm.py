@@ -2,7 +2,10 @@
 
 Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", NeurIPS, arXiv:2006.11239, with the
 cosine schedule of Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML,
-arXiv:2102.09672. All three fields diffuse in Euclidean space with one shared schedule:
+arXiv:2102.09672. All three fields diffuse in Euclidean space, each by its own variance-preserving process
+(:class:`~bench.models.diffusion.processes.VPGaussian`) with the same schedule, so the model's corruption is a
+dict keyed by field like every diffusion model's here, and the samplers of
+:mod:`bench.models.diffusion.samplers` (ancestral, DDIM) drive it:
 
 - ``atom_types``: the one-hot scaled to ``{-1, +1}`` (decoded by argmax, as in analog-bits style continuous
   relaxations, Chen, Zhang & Hinton 2023, arXiv:2208.04202);
@@ -19,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
-from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler, respaced_timesteps
-from bench.models.diffusion.schedule import alpha_bars_for, q_sample
+from bench.models.diffusion.processes import VPGaussian
+from bench.models.diffusion.samplers import AncestralSampler, DiffusionSampler
 from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
@@ -30,10 +33,12 @@ __all__ = ["CrystalDDPM", "timestep_embedding"]
 class CrystalDDPM(GenerativeModule):
     """Epsilon-prediction DDPM on ``(atom_types, frac_coords, lattice)`` with a transformer denoiser.
 
-    The loss is the simple objective of Ho et al. (2020): the mean squared error of the predicted noise,
-    averaged within each field and summed over fields with weights (so the ``K + 1`` type channels do not
-    swamp the three coordinates). Sampling is delegated to the configured sampler
-    (:mod:`bench.models.diffusion.samplers`).
+    The corruption is :attr:`processes`, one :class:`~bench.models.diffusion.processes.VPGaussian` per field,
+    built from ``timesteps``, ``schedule`` and the fields' bounds (types and coordinates 1, the lattice
+    ``lattice_clip``). The loss is the simple objective of Ho et al. (2020): the mean squared error of the
+    predicted noise (each process's target), averaged within each field and summed over fields with weights
+    (so the ``K + 1`` type channels do not swamp the three coordinates). Sampling is delegated to the
+    configured sampler (:mod:`bench.models.diffusion.samplers`), which steps the processes.
 
     Args:
         backbone: partial of :class:`~bench.models.backbone.CrystalTransformer` (called once, for the
@@ -42,17 +47,18 @@ class CrystalDDPM(GenerativeModule):
         sampler: a built sampler, e.g. :class:`~bench.models.diffusion.samplers.AncestralSampler`.
         num_types: K + 1 (from the fitted codec).
         max_atoms: N (from the fitted codec).
-        timesteps: T, the number of diffusion steps.
-        schedule: ``"cosine"`` (default) or ``"linear"``.
+        timesteps: T, the number of diffusion steps (of every field's process).
+        schedule: ``"cosine"`` (default) or ``"linear"`` (of every field's process).
         time_dim: width of the time embedding fed to the backbone as its conditioning vector.
         type_weight: weight of the type-noise MSE.
         frac_weight: weight of the coordinate-noise MSE.
         lattice_weight: weight of the lattice-noise MSE.
-        lattice_clip: bound on ``|x0_hat|`` of the standardised lattice while sampling (``None``: no clip).
-            Types and coordinates are always clipped to their range ``[-1, 1]``. Near ``t = T`` the cosine
-            schedule's ``alpha_bar`` is tiny, so ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies
-            small noise-prediction errors by orders of magnitude; unclipped, they survive into the sample as
-            absurd cells. Five standard deviations keep every realistic cell.
+        lattice_clip: bound on ``|x0_hat|`` of the standardised lattice while sampling (``None``: no clip),
+            the lattice process's ``clip``. Types and coordinates are clipped to their range ``[-1, 1]``
+            (unless the sampler's ``clip_denoised`` is false). Near ``t = T`` the cosine schedule's
+            ``alpha_bar`` is tiny, so ``x0_hat = (x_t - sqrt(1 - a) eps_hat) / sqrt(a)`` magnifies small
+            noise-prediction errors by orders of magnitude; unclipped, they survive into the sample as absurd
+            cells. Five standard deviations keep every realistic cell.
     """
 
     family = "diffusion"
@@ -79,19 +85,17 @@ class CrystalDDPM(GenerativeModule):
     ) -> None:
         super().__init__(optimizer, num_types, max_atoms)
         self._save_plain_hparams()
-        alpha_bars = alpha_bars_for(schedule, timesteps)
         self.sampler: DiffusionSampler = sampler if sampler is not None else AncestralSampler()
         self.timesteps = int(timesteps)
         self.time_dim = int(time_dim)
         self.weights = {"atom_types": type_weight, "frac_coords": frac_weight, "lattice": lattice_weight}
-        #: Range of each field's ``x_0``, used to clip ``x0_hat`` while sampling (``None``: unbounded).
-        self.clip: dict[str, float | None] = {
-            "atom_types": 1.0,
-            "frac_coords": 1.0,
-            "lattice": None if lattice_clip is None else float(lattice_clip),
+        #: The corruption: one variance-preserving process per field, all on the same schedule, each clipping
+        #: ``x0_hat`` to its field's range while sampling. Rebuilt from the config, never saved.
+        self.processes: dict[str, VPGaussian] = {
+            "atom_types": VPGaussian(timesteps, schedule, clip=1.0),
+            "frac_coords": VPGaussian(timesteps, schedule, clip=1.0),
+            "lattice": VPGaussian(timesteps, schedule, clip=lattice_clip),
         }
-        # Not persistent: rebuilt from the config, so checkpoints hold only learned weights.
-        self.register_buffer("alpha_bars", alpha_bars.to(torch.float32), persistent=False)
         self.time_mlp = nn.Sequential(
             nn.Linear(self.time_dim, self.time_dim), nn.SiLU(), nn.Linear(self.time_dim, self.time_dim)
         )
@@ -118,9 +122,12 @@ class CrystalDDPM(GenerativeModule):
             "lattice": x["lattice"],
         }
 
-    def predict_noise(self, x_t: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
-        """``eps_hat(x_t, t)`` per field; ``t`` holds 0-based step indices ``[B]``."""
-        cond = self.time_mlp(timestep_embedding(t, self.time_dim))
+    def predict(self, x_t: Mapping[str, Tensor], t: Tensor) -> dict[str, Tensor]:
+        """``eps_hat(x_t, t)`` per field at the processes' steps ``t`` ``[B]`` in ``1..T``.
+
+        The time embedding reads the 0-based index ``t - 1``, the convention the trained checkpoints use.
+        """
+        cond = self.time_mlp(timestep_embedding(t - 1, self.time_dim))
         # The backbone reads coordinates as fractions (periodic features) plus their raw values.
         inputs = {**x_t, "frac_coords": (x_t["frac_coords"] + 1.0) / 2.0}
         out = self.denoiser(inputs, cond=cond)
@@ -128,14 +135,14 @@ class CrystalDDPM(GenerativeModule):
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Weighted per-field noise MSE at uniformly drawn steps."""
+        """Weighted per-field noise MSE at uniformly drawn steps ``t`` in ``1..T``."""
         x0 = self.to_diffusion_space(batch)
         size = x0["lattice"].shape[0]
-        t = torch.randint(0, self.timesteps, (size,), device=self.device)
+        t = torch.randint(1, self.timesteps + 1, (size,), device=self.device)
         noise = {k: torch.randn_like(v) for k, v in x0.items()}
-        x_t = q_sample(x0, self.alpha_bars[t], noise)
-        eps = self.predict_noise(x_t, t)
-        terms = {f"{k}_mse": F.mse_loss(eps[k], noise[k]) for k in FIELDS}
+        x_t = {k: self.processes[k].q_sample(x0[k], t, noise[k]) for k in FIELDS}
+        pred = self.predict(x_t, t)
+        terms = {f"{k}_mse": F.mse_loss(pred[k], self.processes[k].target(noise[k], t)) for k in FIELDS}
         total = sum(self.weights[k] * terms[f"{k}_mse"] for k in FIELDS)
         return {"loss": total, **terms}
 
@@ -143,7 +150,7 @@ class CrystalDDPM(GenerativeModule):
     @property
     def nfe(self) -> int:
         """Network evaluations per sample: the reverse steps the configured sampler visits."""
-        return len(respaced_timesteps(self.timesteps, getattr(self.sampler, "steps", None)))
+        return self.sampler.nfe(self.timesteps)
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         shapes = {
@@ -151,5 +158,9 @@ class CrystalDDPM(GenerativeModule):
             "frac_coords": (n, self.max_atoms, 3),
             "lattice": (n, 6),
         }
-        x0 = self.sampler(self.predict_noise, self.alpha_bars, shapes, generator, self.device, clip=self.clip)
-        return self.from_diffusion_space(x0)
+        x = {k: self.processes[k].prior(shapes[k], generator, self.device) for k in sorted(shapes)}
+
+        def noise() -> dict[str, Tensor]:
+            return {k: self._randn(shapes[k], generator) for k in sorted(shapes)}
+
+        return self.from_diffusion_space(self.sampler(self.predict, self.processes, x, self.timesteps, noise))

@@ -20,19 +20,18 @@ import torch
 from bench.models.backbones.periodic import PeriodicMPNN
 from bench.models.base import FIELDS, OptimizerFactory
 from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
-from bench.models.diffusion.samplers import respaced_timesteps
+from bench.models.diffusion.samplers import AncestralSampler, NoiseSource, Predictor
 from bench.models.periodic_base import ATOM_FIELDS, PeriodicCrystalModule
 from torch import Tensor
 
 __all__ = ["CrystalDiffCSP", "PredictorCorrectorSampler"]
 
-Predictor = Callable[[Mapping[str, Tensor], Tensor], dict[str, Tensor]]
 
-
-class PredictorCorrectorSampler:
+class PredictorCorrectorSampler(AncestralSampler):
     """DiffCSP's algorithm 2: per step, a Langevin corrector at ``t`` for fields that have one, then the
     reverse (predictor) step ``t -> s`` of every field's process, each from a fresh network evaluation
-    (NFE = 2 per step).
+    (NFE = 2 per step). It is the :class:`~bench.models.diffusion.samplers.AncestralSampler` with the
+    corrector before each step.
 
     Args:
         steps: number of reverse steps, evenly spaced over ``1..T`` (``None``: every step, as the paper).
@@ -40,42 +39,29 @@ class PredictorCorrectorSampler:
             (and halves NFE).
     """
 
+    #: DiffCSP draws noise at every step, the final one included (for D3PM's categorical types it is the final
+    #: draw of ``x_0``).
+    final_noise = True
+
     def __init__(self, steps: int | None = None, step_lr: float = 1e-5) -> None:
         if step_lr < 0:
             raise ValueError(f"step_lr must be >= 0, got {step_lr}")
-        self.steps = steps
+        super().__init__(steps)
         self.step_lr = float(step_lr)
-
-    def schedule(self, timesteps: int) -> list[int]:
-        """The visited steps ``t`` (descending, in ``1..T``)."""
-        return [t + 1 for t in reversed(respaced_timesteps(timesteps, self.steps))]
 
     def nfe(self, timesteps: int) -> int:
         """Network evaluations per sample."""
         return len(self.schedule(timesteps)) * (2 if self.step_lr > 0 else 1)
 
-    def __call__(
-        self,
-        predictor: Predictor,
-        processes: Mapping[str, Any],
-        x: Mapping[str, Tensor],
-        timesteps: int,
-        noise: Callable[[], dict[str, Tensor]],
+    def correct(
+        self, predictor: Predictor, processes: Mapping[str, Any], x: dict[str, Tensor], t: Tensor,
+        noise: NoiseSource,
     ) -> dict[str, Tensor]:
-        """Integrate from ``x_T`` (``x``); ``noise()`` draws a standard normal of every field's shape."""
-        x = dict(x)
-        visited = self.schedule(timesteps)
-        size = next(iter(x.values())).shape[0]
-        device = next(iter(x.values())).device
-        for i, t_value in enumerate(visited):
-            t = torch.full((size,), t_value, device=device, dtype=torch.long)
-            s = torch.full_like(t, visited[i + 1] if i + 1 < len(visited) else 0)
-            if self.step_lr > 0:
-                pred, z = predictor(x, t), noise()
-                x = {k: processes[k].corrector_step(x[k], pred[k], t, z[k], self.step_lr) for k in x}
-            pred, z = predictor(x, t), noise()
-            x = {k: processes[k].reverse_step(x[k], pred[k], t, s, z[k]) for k in x}
-        return x
+        """Each field's ``corrector_step`` at ``t`` from a fresh prediction and fresh noise."""
+        if self.step_lr <= 0:
+            return x
+        pred, z = predictor(x, t), noise()
+        return {k: processes[k].corrector_step(x[k], pred[k], t, z[k], self.step_lr) for k in x}
 
 
 class CrystalDiffCSP(PeriodicCrystalModule):

@@ -8,7 +8,11 @@ process provides what training and the samplers need:
 - ``q_sample(x0, t, noise)``: ``x_t``;
 - ``target(noise, t)``: what the network regresses at ``x_t`` (its ``prediction_type``);
 - ``reverse_step(x_t, pred, t, s, noise)``: ``x_s`` for ``s < t`` (ancestral, respacing-safe);
-- ``corrector_step(x_t, pred, t, noise, step_lr)``: a Langevin step at fixed ``t`` (optional).
+- ``corrector_step(x_t, pred, t, noise, step_lr)``: a Langevin step at fixed ``t`` (optional);
+- ``ddim_step(x_t, pred, t, s, noise, eta)``: the DDIM update (Gaussian processes only).
+
+The samplers of :mod:`bench.models.diffusion.samplers` choose the visited steps and draw the noise; the
+processes do each field's arithmetic.
 
 Processes:
 
@@ -62,6 +66,11 @@ def _per_sample(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
 class VPGaussian:
     """Variance-preserving Gaussian process with epsilon prediction.
 
+    ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` (Ho et al. 2020, eq. 4). Its reverse steps
+    estimate ``x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_hat) / sqrt(alpha_bar_t)`` from the network and then
+    take the ancestral step (:meth:`reverse_step`, Ho et al. algorithm 2) or the DDIM step (:meth:`ddim_step`,
+    Song, Meng & Ermon 2021, arXiv:2010.02502, eq. 12).
+
     Args:
         timesteps: T.
         schedule: ``"cosine"`` or ``"linear"``.
@@ -72,6 +81,8 @@ class VPGaussian:
     """
 
     prediction_type = "eps"
+    #: Reverse-step variances of Ho et al. (2020), section 3.2: ``beta_tilde`` (the posterior's) or ``beta``.
+    variances = ("posterior", "beta")
 
     def __init__(self, timesteps: int = 1000, schedule: str = "cosine", clip: float | None = None) -> None:
         if clip is not None and clip <= 0:
@@ -92,18 +103,63 @@ class VPGaussian:
     def target(self, noise: Tensor, t: Tensor) -> Tensor:
         return noise
 
-    def reverse_step(self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None) -> Tensor:
-        """Ancestral step ``t -> s`` from the posterior ``q(x_s | x_t, x0_hat)`` (no noise when ``s = 0``)."""
-        a_t, a_s = _per_sample(self.alpha_bars, t, x_t), _per_sample(self.alpha_bars, s, x_t)
+    def _x0(self, x_t: Tensor, pred: Tensor, a_t: Tensor, clip: bool) -> Tensor:
+        """``x0_hat`` from the epsilon prediction, clipped to ``[-clip, clip]`` when asked and bounded."""
         x0 = (x_t - (1.0 - a_t).sqrt() * pred) / a_t.sqrt()
-        if self.clip is not None:
+        if clip and self.clip is not None:
             x0 = x0.clamp(-self.clip, self.clip)
+        return x0
+
+    def reverse_step(
+        self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None,
+        variance: str = "posterior", clip: bool = True,
+    ) -> Tensor:
+        """Ancestral step ``t -> s``: the mean of the posterior ``q(x_s | x_t, x0_hat)`` plus ``sigma noise``
+        (none at ``s = 0``, nor when ``noise`` is None).
+
+        Args:
+            x_t: the current values.
+            pred: the network's epsilon at ``t``.
+            t: current steps ``[B]`` (1-based).
+            s: target steps ``[B]``, ``0 <= s < t`` (any earlier step: respacing-safe).
+            noise: standard normal of ``x_t``'s shape, or None for the mean.
+            variance: ``"posterior"`` (``sigma^2 = beta_tilde``) or ``"beta"`` (``sigma^2 = beta``), with
+                ``beta = 1 - alpha_bar_t / alpha_bar_s`` the step's own.
+            clip: clip ``x0_hat`` to the process's bound (False: never clip).
+        """
+        if variance not in self.variances:
+            raise ValueError(f"variance must be one of {self.variances}, got {variance!r}")
+        a_t, a_s = _per_sample(self.alpha_bars, t, x_t), _per_sample(self.alpha_bars, s, x_t)
+        x0 = self._x0(x_t, pred, a_t, clip)
         beta = 1.0 - a_t / a_s
         mean = a_s.sqrt() * beta / (1.0 - a_t) * x0 + (1.0 - beta).sqrt() * (1.0 - a_s) / (1.0 - a_t) * x_t
         if noise is None:
             return mean
-        var = beta * (1.0 - a_s) / (1.0 - a_t)  # 0 when s = 0, since alpha_bar_0 = 1
+        if variance == "posterior":
+            var = beta * (1.0 - a_s) / (1.0 - a_t)  # 0 when s = 0, since alpha_bar_0 = 1
+        else:
+            var = beta * (s > 0).view(-1, *([1] * (x_t.dim() - 1))).to(beta.dtype)
         return mean + var.sqrt() * noise
+
+    def ddim_step(
+        self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None, eta: float = 0.0,
+        clip: bool = True,
+    ) -> Tensor:
+        """DDIM step ``t -> s`` (Song et al. 2021, eq. 12): ``sqrt(alpha_bar_s) x0_hat
+        + sqrt(1 - alpha_bar_s - sigma^2) eps_hat + sigma noise`` with ``sigma = eta sqrt(beta_tilde)``.
+
+        ``eps_hat`` is recomputed from the clipped ``x0_hat`` so the two stay consistent. At ``s = 0`` the
+        step returns ``x0_hat``; ``eta = 0`` (or ``noise=None``) is deterministic, ``eta = 1`` has the
+        posterior's variance.
+        """
+        a_t, a_s = _per_sample(self.alpha_bars, t, x_t), _per_sample(self.alpha_bars, s, x_t)
+        x0 = self._x0(x_t, pred, a_t, clip)
+        eps = pred if not clip or self.clip is None else (x_t - a_t.sqrt() * x0) / (1.0 - a_t).sqrt()
+        sigma = eta * ((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)).sqrt()
+        x = a_s.sqrt() * x0 + (1.0 - a_s - sigma**2).clamp_min(0.0).sqrt() * eps
+        if noise is None:
+            return x
+        return x + sigma * noise
 
     def corrector_step(self, x_t: Tensor, pred: Tensor, t: Tensor, noise: Tensor, step_lr: float) -> Tensor:
         """No corrector for this field: unchanged."""

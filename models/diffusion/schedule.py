@@ -1,19 +1,19 @@
-"""Noise schedules and the Gaussian corruption of a crystal, applied field by field.
+"""Noise schedules of variance-preserving diffusion: the cumulative signal level ``alpha_bar_t``.
 
-The corruption of a crystal is a dict keyed by field (``atom_types``, ``frac_coords``, ``lattice``): each
-field is noised with the same ``alpha_bar_t`` (Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic
-Models", NeurIPS, arXiv:2006.11239, eq. 4).
+Ho, Jain & Abbeel (2020), "Denoising Diffusion Probabilistic Models", NeurIPS, arXiv:2006.11239 (linear)
+and Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672
+(cosine).
+The corruption itself is a per-field process (:class:`~bench.models.diffusion.processes.VPGaussian`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
-__all__ = ["alpha_bars_for", "cosine_alpha_bars", "linear_alpha_bars", "q_sample"]
+__all__ = ["alpha_bars_for", "cosine_alpha_bars", "linear_alpha_bars"]
 
 
 def cosine_alpha_bars(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -57,22 +57,3 @@ def alpha_bars_for(schedule: str, timesteps: int) -> Tensor:
     if schedule == "linear":
         return linear_alpha_bars(timesteps)
     raise ValueError(f"schedule must be 'cosine' or 'linear', got {schedule!r}")
-
-
-def q_sample(x0: Mapping[str, Tensor], alpha_bar: Tensor, noise: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """``x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps`` for every field.
-
-    Args:
-        x0: clean fields, each ``[B, ...]``.
-        alpha_bar: ``[B]`` signal level per sample.
-        noise: standard normal noise with the same keys and shapes as ``x0``.
-
-    Returns:
-        The noised fields.
-    """
-    out = {}
-    for key, value in x0.items():
-        shape = (-1,) + (1,) * (value.dim() - 1)
-        a = alpha_bar.view(shape).to(value.dtype)
-        out[key] = a.sqrt() * value + (1.0 - a).sqrt() * noise[key]
-    return out
