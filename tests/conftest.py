@@ -36,3 +36,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Every test writes caches into a session-wide temporary cache dir, never the user's."""
     cache = tmp_path_factory.getbasetemp() / "mgb-cache"
     monkeypatch.setenv("MATGENBENCH_CACHE_DIR", str(cache))
+
+
+@pytest.fixture
+def one_thread():  # noqa: ANN201
+    """Torch on one thread for the test (model tests: deterministic and fair to a second job), restored after.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -18,12 +17,7 @@ NUM_TYPES = 5  # K + 1: four elements and the empty slot
 MAX_ATOMS = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(**overrides: object) -> CrystalCDVAE:

@@ -24,12 +24,7 @@ KINDS = ("absorbing", "uniform")
 K = 4  # element classes in the process tests
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def onehot(index: torch.Tensor | list[int], process: Categorical, classes: int = K) -> torch.Tensor:

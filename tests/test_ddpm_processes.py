@@ -12,7 +12,6 @@ float32 operations in the same order, so no tolerance is needed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import hydra
 import pytest
@@ -29,12 +28,7 @@ from bench.config import compose
 FIELDS = ("atom_types", "frac_coords", "lattice")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ categoricals."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,7 @@ from torch.distributions import Categorical, Normal, kl_divergence
 from tests.test_cdvae import make_model, random_batch
 from tests.test_models import compose_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_batch(m: int, d: int, correlated: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:

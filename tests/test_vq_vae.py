@@ -6,7 +6,6 @@ training, a prior that learns a code sequence with a rule, and training in two s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,7 @@ NEAREST = torch.tensor([[1, 0], [3, 2]])
 MEAN_SQUARED_DISTANCE = (0.05 + 0.02 + 0.52 + 0.13) / 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hand_latent(update: str = "loss", **kwargs: object) -> VQLatent:
