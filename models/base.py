@@ -132,13 +132,13 @@ class GenerativeModule(pl.LightningModule):
         """
 
     # ------------------------------------------------------------------ training stages
-    def stage_modules(self, name: str) -> list[torch.nn.Module]:
-        """The sub-networks trained in stage ``name``; every other parameter is frozen during it. Models with
+    def stage_parameters(self, name: str) -> list[torch.nn.Parameter]:
+        """The parameters trained in stage ``name``; every other parameter is frozen during it. Models with
         :attr:`training_stages` override it."""
         raise NotImplementedError(f"{type(self).__name__} declares no training stages")
 
     def set_stage(self, name: str) -> None:
-        """Switch to training stage ``name``: only the parameters of :meth:`stage_modules` stay trainable
+        """Switch to training stage ``name``: only the parameters of :meth:`stage_parameters` stay trainable
         (the optimiser of the stage is built over them), and :meth:`loss` may read ``self.stage``.
 
         Raises:
@@ -147,7 +147,7 @@ class GenerativeModule(pl.LightningModule):
         if name not in self.training_stages:
             known = ", ".join(self.training_stages) or "none: it trains in one stage"
             raise ValueError(f"{type(self).__name__} has no training stage {name!r} (its stages: {known})")
-        trained = {id(p) for m in self.stage_modules(name) for p in m.parameters()}
+        trained = {id(p) for p in self.stage_parameters(name)}
         for p in self.parameters():
             p.requires_grad_(id(p) in trained)
         self.stage = name

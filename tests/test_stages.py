@@ -47,10 +47,10 @@ class TwoStageVAE(CrystalVAE):
         self.prior_mean = nn.Parameter(torch.zeros(self.latent_dim))
         self.prior_log_std = nn.Parameter(torch.zeros(self.latent_dim))
 
-    def stage_modules(self, name: str) -> list[nn.Module]:
+    def stage_parameters(self, name: str) -> list[nn.Parameter]:
         if name == "autoencoder":
-            return [self.encoder, self.decoder]
-        return [_Holder(self.prior_mean, self.prior_log_std)]
+            return [*self.encoder.parameters(), *self.decoder.parameters()]
+        return [self.prior_mean, self.prior_log_std]
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if self.stage != "prior":
@@ -64,14 +64,6 @@ class TwoStageVAE(CrystalVAE):
 
     def sample_prior(self, n: int, generator: torch.Generator | None) -> Tensor:
         return self.prior_mean + self.prior_log_std.exp() * self._randn((n, self.latent_dim), generator)
-
-
-class _Holder(nn.Module):
-    """Parameters that belong to no sub-network, presented as one for :meth:`stage_modules`."""
-
-    def __init__(self, *params: nn.Parameter) -> None:
-        super().__init__()
-        self.held = nn.ParameterList(params)
 
 
 def _cfg(tmp_path: Path, *overrides: str):
@@ -117,7 +109,7 @@ def test_set_stage_freezes_everything_but_the_stage() -> None:
     with pytest.raises(ValueError, match="no training stage 'distil'.*autoencoder, prior"):
         module.set_stage("distil")
     with pytest.raises(NotImplementedError):
-        CrystalVAE.stage_modules(module, "prior")
+        CrystalVAE.stage_parameters(module, "prior")
 
 
 def test_training_in_stages_runs_each_on_its_share_and_records_its_cost(tmp_path: Path) -> None:

@@ -201,14 +201,14 @@ def test_only_a_latent_with_a_prior_to_train_gives_training_stages() -> None:
     for model in (make_model(), make_model(latent=BetaTCLatent(4))):
         assert model.training_stages == ()
         with pytest.raises(NotImplementedError):
-            model.stage_modules("prior")
+            model.stage_parameters("prior")
         with pytest.raises(ValueError, match="trains in one stage"):
             model.set_stage("prior")
     model = vq_model()
     prior = {id(p) for p in model.latent.code_prior.parameters()}
-    autoencoder = {id(p) for m in model.stage_modules("autoencoder") for p in m.parameters()}
+    autoencoder = {id(p) for p in model.stage_parameters("autoencoder")}
     assert autoencoder == {id(p) for p in model.parameters()} - prior
-    assert {id(p) for m in model.stage_modules("prior") for p in m.parameters()} == prior
+    assert {id(p) for p in model.stage_parameters("prior")} == prior
 
 
 def test_one_stage_training_adds_the_prior_cross_entropy_to_the_autoencoder_loss() -> None:

@@ -71,15 +71,15 @@ class GaussianLatent:
         if self.latent is not None and self.latent.prior_networks():
             self.training_stages = ("autoencoder", "prior")
 
-    def stage_modules(self, name: str) -> list[nn.Module]:
-        """``prior``: the latent's prior networks; ``autoencoder``: every other parameter of the model."""
+    def stage_parameters(self, name: str) -> list[nn.Parameter]:
+        """``prior``: the parameters of the latent's prior networks; ``autoencoder``: every other one."""
         if self.latent is None or not self.latent.prior_networks():
-            return super().stage_modules(name)  # type: ignore[misc]
-        prior = self.latent.prior_networks()
+            return super().stage_parameters(name)  # type: ignore[misc]
+        prior = [p for m in self.latent.prior_networks() for p in m.parameters()]
         if name == "prior":
-            return list(prior)
-        held = {id(p) for m in prior for p in m.parameters()}
-        return [_Parameters([p for p in self.parameters() if id(p) not in held])]  # type: ignore[attr-defined]
+            return prior
+        held = {id(p) for p in prior}
+        return [p for p in self.parameters() if id(p) not in held]  # type: ignore[attr-defined]
 
     def prior_stage_loss(self, params: Tensor) -> dict[str, Tensor]:
         """The latent's prior loss on the encoder outputs ``params``, as the loss of the ``prior`` stage."""
@@ -107,14 +107,6 @@ class GaussianLatent:
         if self.latent is not None:
             return self.latent.prior(n, generator, self._randn)  # type: ignore[attr-defined]
         return self._randn((n, self.latent_dim), generator)  # type: ignore[attr-defined]
-
-
-class _Parameters(nn.Module):
-    """Parameters that belong to no one sub-network, presented as one module (for ``stage_modules``)."""
-
-    def __init__(self, params: list[nn.Parameter]) -> None:
-        super().__init__()
-        self.held = nn.ParameterList(params)
 
 
 class CrystalVAE(GaussianLatent, GenerativeModule):
