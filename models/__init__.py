@@ -29,11 +29,15 @@ __all__ = [
     "MODEL_CLASSES",
     "CrystalCDVAE",
     "CrystalCGAN",
+    "CrystalCVAE",
     "CrystalD3PM",
     "CrystalDDPM",
     "CrystalDiffCSP",
     "CrystalFlowMatching",
     "CrystalGAN",
+    "CrystalGPT",
+    "CrystalGlow",
+    "CrystalNICE",
     "CrystalPeriodicWGANGP",
     "CrystalRealNVP",
     "CrystalTransformer",
@@ -52,6 +56,7 @@ __all__ = [
 MODEL_CLASSES: dict[str, str] = {
     "CrystalVAE": "bench.models.vae.vae:CrystalVAE",
     "CrystalCDVAE": "bench.models.vae.cdvae:CrystalCDVAE",
+    "CrystalCVAE": "bench.models.vae.cvae:CrystalCVAE",
     "CrystalVAEGAN": "bench.models.vae.vae_gan:CrystalVAEGAN",
     "CrystalGAN": "bench.models.gan.base:CrystalGAN",
     "CrystalWGANGP": "bench.models.gan.wgan_gp:CrystalWGANGP",
@@ -61,7 +66,10 @@ MODEL_CLASSES: dict[str, str] = {
     "CrystalDiffCSP": "bench.models.diffusion.diffcsp:CrystalDiffCSP",
     "CrystalD3PM": "bench.models.diffusion.d3pm:CrystalD3PM",
     "CrystalRealNVP": "bench.models.flow.realnvp:CrystalRealNVP",
+    "CrystalNICE": "bench.models.flow.nice:CrystalNICE",
+    "CrystalGlow": "bench.models.flow.glow:CrystalGlow",
     "CrystalFlowMatching": "bench.models.flow_matching.model:CrystalFlowMatching",
+    "CrystalGPT": "bench.models.autoregressive.gpt:CrystalGPT",
 }
 """Model class name -> ``"module:Class"`` (the module that defines it)."""
 
