@@ -5,7 +5,7 @@ cosine schedule of Nichol & Dhariwal (2021), "Improved Denoising Diffusion Proba
 arXiv:2102.09672. All three fields diffuse in Euclidean space, each by its own variance-preserving process
 (:class:`~bench.models.diffusion.processes.VPGaussian`) with the same schedule, so the model's corruption is a
 dict keyed by field like every diffusion model's here, and the samplers of
-:mod:`bench.models.diffusion.samplers` (ancestral, DDIM) drive it:
+:mod:`bench.models.diffusion.samplers` (ancestral, DDIM, Analytic-DPM, the ELBO-optimal DP path) drive it:
 
 - ``atom_types``: the one-hot scaled to ``{-1, +1}`` (decoded by argmax, as in analog-bits style continuous
   relaxations, Chen, Zhang & Hinton 2023, arXiv:2208.04202);
@@ -15,7 +15,9 @@ dict keyed by field like every diffusion model's here, and the samplers of
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,6 +153,44 @@ class CrystalDDPM(GenerativeModule):
     def nfe(self) -> int:
         """Network evaluations per sample: the reverse steps the configured sampler visits."""
         return self.sampler.nfe(self.timesteps)
+
+    def weights_fingerprint(self) -> str:
+        """sha256 of the weights (every tensor of the state dict, in order): what a sampler's cached
+        statistics of this model are keyed by."""
+        digest = hashlib.sha256()
+        for name, value in self.state_dict().items():
+            value = value.detach().cpu().contiguous()
+            digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+            digest.update(value.numpy().tobytes())
+        return digest.hexdigest()
+
+    @torch.no_grad()
+    def prepare_sampler(
+        self, batch: Mapping[str, Tensor], cache_dir: str | Path | None = None, batch_size: int = 512
+    ) -> None:
+        """Give a sampler that reads the training data (``needs_data``: Analytic-DPM's ``Gamma_t``, the DP
+        sampler's cost table) its statistics, estimated from this model on ``batch`` (the training split
+        encoded by the run's representation); a no-op for the other samplers.
+
+        Args:
+            batch: the encoded training data (``atom_types``, ``frac_coords``, ``lattice``; other keys are
+                ignored).
+            cache_dir: where the statistics are cached as JSON (keyed by the sampler's settings, the data and
+                the weights), or None.
+            batch_size: crystals per network evaluation of the Monte Carlo estimate.
+        """
+        if not getattr(self.sampler, "needs_data", False):
+            return
+        x0 = {k: v.detach().cpu().float() for k, v in self.to_diffusion_space(batch).items()}
+        was_training = self.training
+        self.eval()
+        try:
+            self.sampler.prepare(  # type: ignore[attr-defined]
+                self.predict, self.processes, x0, self.timesteps, cache_dir=cache_dir,
+                fingerprint=self.weights_fingerprint(), batch_size=batch_size, device=self.device,
+            )
+        finally:
+            self.train(was_training)
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
         shapes = {

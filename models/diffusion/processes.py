@@ -9,7 +9,9 @@ process provides what training and the samplers need:
 - ``target(noise, t)``: what the network regresses at ``x_t`` (its ``prediction_type``);
 - ``reverse_step(x_t, pred, t, s, noise)``: ``x_s`` for ``s < t`` (ancestral, respacing-safe);
 - ``corrector_step(x_t, pred, t, noise, step_lr)``: a Langevin step at fixed ``t`` (optional);
-- ``ddim_step(x_t, pred, t, s, noise, eta)``: the DDIM update (Gaussian processes only).
+- ``ddim_step(x_t, pred, t, s, noise, eta)``: the DDIM update (Gaussian processes only);
+- ``analytic_step(x_t, pred, t, s, noise, gamma, eta)``: the same mean with Analytic-DPM's variance, and
+  ``transition_costs(x0_mse, dim)``: the ELBO's per-transition terms of any path (Gaussian processes only).
 
 The samplers of :mod:`bench.models.diffusion.samplers` choose the visited steps and draw the noise; the
 processes do each field's arithmetic.
@@ -90,8 +92,11 @@ class VPGaussian:
         self.clip = None if clip is None else float(clip)
         alpha_bars = alpha_bars_for(schedule, timesteps)
         self.timesteps = int(timesteps)
+        #: ``alpha_bar_t`` for ``t = 0..T`` (``alpha_bar_0 = 1``), float64: the coefficients of the analytic
+        #: variances and the ELBO terms, formed before any rounding.
+        self.alpha_bars64 = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars])
         #: ``alpha_bar_t`` for ``t = 0..T`` (``alpha_bar_0 = 1``), float32.
-        self.alpha_bars = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bars]).to(torch.float32)
+        self.alpha_bars = self.alpha_bars64.to(torch.float32)
 
     def prior(self, shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> Tensor:
         return _draw(torch.randn, shape, generator, device)
@@ -160,6 +165,109 @@ class VPGaussian:
         if noise is None:
             return x
         return x + sigma * noise
+
+    def denoise(self, x_t: Tensor, pred: Tensor, t: Tensor, clip: bool = True) -> Tensor:
+        """``x0_hat`` at steps ``t`` ``[B]`` from the epsilon prediction ``pred`` (clipped to the process's
+        bound when ``clip``), as every reverse step forms it."""
+        return self._x0(x_t, pred, _per_sample(self.alpha_bars, t, x_t), clip)
+
+    def analytic_variance(
+        self, t: int | Tensor, s: int | Tensor, gamma: float | Tensor, eta: float = 1.0
+    ) -> Tensor:
+        """Analytic-DPM's optimal variance of the reverse step ``t -> s`` (float64).
+
+        Bao, Li, Zhu & Zhang (2022), "Analytic-DPM: an Analytic Estimate of the Optimal Reverse Variance in
+        Diffusion Probabilistic Models", ICLR, arXiv:2201.06503, theorem 1 written between any two steps
+        ``s < t`` (as the paper does for shorter trajectories): with ``lambda^2 = eta^2 beta_tilde`` the
+        variance of the forward family ``q_lambda(x_s | x_t, x0)`` (``eta = 1``: DDPM's posterior,
+        ``eta = 0``: DDIM),
+
+        ``sigma*^2 = lambda^2 + c^2 (1 - alpha_bar_t) / alpha_bar_t (1 - Gamma_t)``,
+        ``c = sqrt(alpha_bar_s) - sqrt(1 - alpha_bar_s - lambda^2) sqrt(alpha_bar_t / (1 - alpha_bar_t))``,
+
+        where ``Gamma_t = E ||eps_theta(x_t, t)||^2 / d`` and ``c`` is the weight of ``x0`` in the step's
+        mean, so the second term is ``c^2`` times the mean posterior variance of ``x0`` per coordinate. That
+        variance is clipped into the bounds of their section 4: at least 0 (``sigma*^2 >= lambda^2``), at most
+        ``(1 - alpha_bar_t) / alpha_bar_t`` and, for data in ``[-clip, clip]``, at most ``clip^2`` (the
+        process's ``x0_hat`` bound).
+
+        Args:
+            t: current step(s), ``1..T``.
+            s: target step(s), ``0 <= s < t``.
+            gamma: ``Gamma_t``, the mean square of the network's epsilon per coordinate at ``t``.
+            eta: the forward family's ``lambda / sqrt(beta_tilde)``, ``>= 0``.
+        """
+        a_t = self.alpha_bars64[torch.as_tensor(t)]
+        a_s = self.alpha_bars64[torch.as_tensor(s)]
+        gamma = torch.as_tensor(gamma, dtype=torch.float64)
+        lam2 = eta**2 * (1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)
+        c = a_s.sqrt() - (1.0 - a_s - lam2).clamp_min(0.0).sqrt() * (a_t / (1.0 - a_t)).sqrt()
+        upper = (1.0 - a_t) / a_t
+        if self.clip is not None:
+            upper = upper.clamp(max=self.clip**2)
+        cov = torch.minimum(((1.0 - a_t) / a_t * (1.0 - gamma)).clamp_min(0.0), upper)
+        return lam2 + c**2 * cov
+
+    def analytic_step(
+        self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None, variance: Tensor,
+        eta: float = 1.0, clip: bool = True,
+    ) -> Tensor:
+        """Analytic-DPM step ``t -> s``: the mean of ``q_lambda(x_s | x_t, x0_hat)`` (:meth:`ddim_step` with
+        ``eta``; ``eta = 1`` is the ancestral posterior mean) plus ``sqrt(variance) noise``, with ``variance``
+        the step's :meth:`analytic_variance` (scalar or ``[B]``). ``noise=None``: the mean."""
+        mean = self.ddim_step(x_t, pred, t, s, None, eta=eta, clip=clip)
+        if noise is None:
+            return mean
+        var = torch.as_tensor(variance, dtype=torch.float64).to(x_t.device).reshape(-1)
+        return mean + var.to(x_t.dtype).sqrt().view(-1, *([1] * (x_t.dim() - 1))) * noise
+
+    def transition_costs(self, x0_mse: Tensor, dim: int, variance: str = "posterior") -> Tensor:
+        """The ELBO's term of every reverse transition ``t -> s`` for this field, ``L[t, s]`` (float64
+        ``[T + 1, T + 1]``, in nats; ``inf`` where ``s >= t``).
+
+        Watson, Ho, Norouzi & Chan (2021), "Learning to Efficiently Sample from Diffusion Models",
+        arXiv:2106.03802: a path ``0 = t_0 < ... < t_K = T`` has the negative ELBO
+        ``L_prior + sum_k L(t_k, t_{k-1})`` with ``L(t, s) = E KL(q(x_s | x_t, x0) || p(x_s | x_t))`` for
+        ``s > 0`` and ``L(t, 0) = -E log p(x0 | x_t)``. Here ``p(x_s | x_t)`` is the reverse step
+        ``N(mean of q(x_s | x_t, x0_hat), sigma^2)``; its mean differs from the posterior's only by
+        ``c (x0 - x0_hat)`` with ``c = sqrt(alpha_bar_s) beta / (1 - alpha_bar_t)``,
+        ``beta = 1 - alpha_bar_t / alpha_bar_s``, so every term of one ``t`` comes from one number,
+        ``x0_mse[t] = E ||x0 - x0_hat(x_t, t)||^2``:
+
+        ``L(t, s) = 1/2 [d (r - 1 - log r) + c^2 x0_mse[t] / sigma^2]``, ``r = beta_tilde / sigma^2``;
+
+        with ``sigma^2 = beta_tilde`` (``variance="posterior"``) this is
+        ``1/2 (SNR_s - SNR_t) x0_mse[t]``, ``SNR = alpha_bar / (1 - alpha_bar)``. The decoder ``p(x0 | x_t)``
+        is ``N(x0_hat, (1 - alpha_bar_t) I)``, Ho et al.'s ``sigma^2 = beta`` (the posterior's variance
+        vanishes at ``s = 0``): ``L(t, 0) = 1/2 [d log(2 pi (1 - alpha_bar_t)) + x0_mse[t] / (1 -
+        alpha_bar_t)]``.
+
+        Args:
+            x0_mse: ``E ||x0 - x0_hat||^2`` (summed over the field's ``dim`` coordinates) at ``t = 0..T``
+                (entry 0 unused).
+            dim: ``d``, the field's coordinates per sample.
+            variance: the reverse steps' ``sigma^2``: ``"posterior"`` (``beta_tilde``) or ``"beta"``.
+        """
+        if variance not in self.variances:
+            raise ValueError(f"variance must be one of {self.variances}, got {variance!r}")
+        mse = torch.as_tensor(x0_mse, dtype=torch.float64).reshape(-1, 1)
+        if mse.shape[0] != self.timesteps + 1:
+            raise ValueError(f"x0_mse needs T + 1 = {self.timesteps + 1} entries, got {mse.shape[0]}")
+        a_t, a_s = self.alpha_bars64.reshape(-1, 1), self.alpha_bars64.reshape(1, -1)
+        steps = torch.arange(self.timesteps + 1)
+        valid = steps.reshape(1, -1) < steps.reshape(-1, 1)  # s < t
+        a_s = torch.where(valid, a_s, torch.full_like(a_s, 0.5))  # keeps the unused entries finite
+        a_t = torch.where(valid, a_t, torch.full_like(a_t, 0.25))
+        beta = 1.0 - a_t / a_s
+        posterior = (1.0 - a_s) / (1.0 - a_t) * beta
+        sigma2 = posterior if variance == "posterior" else beta
+        ratio = (1.0 - a_s) / (1.0 - a_t) if variance == "beta" else torch.ones_like(beta)
+        c2 = a_s * beta**2 / (1.0 - a_t) ** 2
+        kl = 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + c2 * mse / sigma2)
+        decoder = 0.5 * (dim * torch.log(2.0 * math.pi * (1.0 - a_t[:, :1])) + mse / (1.0 - a_t[:, :1]))
+        costs = torch.where(valid, kl, torch.full_like(kl, math.inf))
+        costs[1:, 0] = decoder[1:, 0]
+        return costs
 
     def corrector_step(self, x_t: Tensor, pred: Tensor, t: Tensor, noise: Tensor, step_lr: float) -> Tensor:
         """No corrector for this field: unchanged."""
