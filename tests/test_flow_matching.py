@@ -137,3 +137,67 @@ def test_ema_follows_its_recurrence_and_is_swapped_in() -> None:
     assert ema.updates == steps
     assert float(model.w) == pytest.approx(shadow, rel=1e-5)  # the average replaced the trained weight
     assert float(model.w) > -steps  # and it lags behind the raw weight (-30)
+
+
+def _tiny_flow(remove_drift: bool):  # noqa: ANN202
+    from functools import partial
+
+    from bench.models.backbones.periodic import PeriodicMPNN
+    from bench.models.flow_matching.model import CrystalFlowMatching
+
+    torch.manual_seed(0)
+    return CrystalFlowMatching(
+        backbone=partial(PeriodicMPNN, width=16, n_layers=1, num_frequencies=2),
+        optimizer=partial(torch.optim.AdamW, lr=1e-3), num_types=4, max_atoms=5,
+        paths={"atom_types": EuclideanPath(), "frac_coords": TorusPath(), "lattice": EuclideanPath()},
+        time_dim=8, remove_drift=remove_drift,
+    )
+
+
+def _flow_batch() -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)
+    types = torch.nn.functional.one_hot(torch.randint(1, 4, (2, 5), generator=g), 4).float()
+    frac = torch.rand(2, 5, 3, generator=g) * mask[..., None]
+    return {"atom_types": types * mask.unsqueeze(-1), "frac_coords": frac,
+            "lattice": torch.randn(2, 6, generator=g), "mask": mask}
+
+
+def test_drift_free_velocities_have_zero_mean_and_drop_a_pure_translation() -> None:
+    from bench.models.flow_matching.model import CrystalFlowMatching
+
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    v = torch.tensor([[[0.1, 0.2, 0.3], [0.3, 0.0, -0.1], [9.0, 9.0, 9.0]],
+                      [[0.2, 0.2, 0.2], [0.2, 0.2, 0.2], [0.2, 0.2, 0.2]]])
+    out = CrystalFlowMatching.drift_free(v, mask)
+    expected_first = torch.tensor([[-0.1, 0.1, 0.2], [0.1, -0.1, -0.2], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(out[0], expected_first, atol=1e-6, rtol=0)  # empty slot zeroed, mean removed
+    torch.testing.assert_close(out[1], torch.zeros(3, 3), atol=1e-6, rtol=0)  # a translation is no motion
+
+
+def test_remove_drift_takes_the_translation_out_of_target_and_prediction() -> None:
+    """With a zero network the coordinate loss is the mean square of the target: without drift removal
+    ``sum_i |u_i|^2``, with it ``sum_i |u_i - mean u|^2 = sum_i |u_i|^2 - N |mean u|^2`` per crystal."""
+    batch = _flow_batch()
+    losses = {}
+    for remove in (False, True):
+        model = _tiny_flow(remove)
+        model.network = lambda x, t, m: {k: torch.zeros_like(v) for k, v in x.items()}  # noqa: ARG005
+        torch.manual_seed(5)
+        losses[remove] = model.loss(batch)["frac_coords_mse"]
+    # the same draws, replayed: x0 of every field in sorted order, then t
+    model = _tiny_flow(False)
+    torch.manual_seed(5)
+    x1, mask = model.data_fields(batch)
+    x0 = model.draw_prior(model.paths, {k: tuple(v.shape) for k, v in x1.items()}, mask, None)
+    _ = torch.rand(2)
+    u = wrap(x1["frac_coords"] - x0["frac_coords"]) * mask[..., None]
+    n = mask.sum(dim=1)
+    mean = u.sum(dim=1) / n[:, None]
+    total = 3 * mask.sum()
+    torch.testing.assert_close(losses[False], u.pow(2).sum() / total, atol=1e-6, rtol=0)
+    torch.testing.assert_close(losses[True], (u.pow(2).sum() - (n[:, None] * mean.pow(2)).sum()) / total,
+                               atol=1e-6, rtol=0)
+    model = _tiny_flow(True)
+    v = model.velocity(x1, torch.full((2,), 0.3), mask)["frac_coords"]
+    torch.testing.assert_close((v * mask[..., None]).sum(dim=1), torch.zeros(2, 3), atol=1e-5, rtol=0)

@@ -51,6 +51,10 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         type_weight: weight of the type-velocity loss.
         frac_weight: weight of the coordinate-velocity loss.
         lattice_weight: weight of the lattice-velocity loss.
+        remove_drift: project the coordinate velocities, target and prediction alike, onto those with zero
+            mean over the crystal's atoms (FlowMM's "no drift" flat torus): a global translation of every
+            coordinate changes no crystal, so the network, which reads only coordinate differences, cannot
+            predict that part of the target, and keeping it only adds irreducible loss.
     """
 
     family = "flow"
@@ -72,6 +76,7 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         type_weight: float = 1.0,
         frac_weight: float = 1.0,
         lattice_weight: float = 1.0,
+        remove_drift: bool = False,
     ) -> None:
         super().__init__(
             optimizer, num_types, max_atoms, backbone, time_dim,
@@ -80,11 +85,23 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         self._save_plain_hparams(ignore=["paths"])
         self.paths = self.require_fields(paths, "paths")
         self.sampler: ODESampler = sampler if sampler is not None else EulerSampler()
+        self.remove_drift = bool(remove_drift)
+
+    @staticmethod
+    def drift_free(velocity: Tensor, mask: Tensor) -> Tensor:
+        """``velocity`` ``[B, N, 3]`` minus its mean over each crystal's atoms (``mask`` ``[B, N]``); empty
+        slots stay zero."""
+        m = mask.unsqueeze(-1).to(velocity.dtype)
+        mean = (velocity * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return (velocity - mean) * m
 
     # ------------------------------------------------------------------ the velocity field
     def velocity(self, x_t: Mapping[str, Tensor], t: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """``v_theta(x_t, t)`` per field; ``t`` ``[B]`` in ``[0, 1]``."""
-        return self.network(x_t, 1000.0 * t, mask)
+        v = self.network(x_t, 1000.0 * t, mask)
+        if self.remove_drift:
+            v = {**v, "frac_coords": self.drift_free(v["frac_coords"], mask)}
+        return v
 
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -96,6 +113,8 @@ class CrystalFlowMatching(PeriodicCrystalModule):
         x_t, u_t = {}, {}
         for key in FIELDS:
             x_t[key], u_t[key] = self.paths[key].interpolate(x0[key], x1[key], t)
+        if self.remove_drift:
+            u_t["frac_coords"] = self.drift_free(u_t["frac_coords"], mask)
         v = self.velocity(x_t, t, mask)
         terms = {
             f"{k}_mse": self.masked_mse(v[k], u_t[k], mask if k in ATOM_FIELDS else None) for k in FIELDS
