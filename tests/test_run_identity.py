@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -190,12 +191,22 @@ def _published_sweep_cells() -> list[list[str]]:
     """Every cell of the sweeps under "The published leaderboard" in README.md that writes a record."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     block = readme.split("## The published leaderboard", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+
+    def sweep_values(value: str) -> list[str]:  # commas outside brackets separate sweep values; a list is one
+        values, depth, start = [], 0, 0
+        for i, char in enumerate(value):
+            depth += {"[": 1, "]": -1}.get(char, 0)
+            if char == "," and depth == 0:
+                values.append(value[start:i])
+                start = i + 1
+        return [*values, value[start:]]
+
     cells = []
     for line in block.splitlines():
         found = re.match(r"matgenbench (run|reference|evaluate) -m (.*)", line.split("#")[0].strip())
         if found:
-            choices = [[f"{arg.split('=')[0]}={value}" for value in arg.split("=", 1)[1].split(",")]
-                       for arg in found.group(2).split()]
+            choices = [[f"{arg.split('=')[0]}={value}" for value in sweep_values(arg.split("=", 1)[1])]
+                       for arg in shlex.split(found.group(2))]
             cells.extend(list(combo) for combo in itertools.product(*choices))
     return cells
 
