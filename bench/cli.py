@@ -32,6 +32,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
+  diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -352,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         from bench.catalog import main as list_main
 
         return list_main(rest)
-    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list")
+    if command == "diagnose":
+        from bench.diagnose import main as diagnose_main
+
+        return diagnose_main(rest)
+    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list", "diagnose")
     print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 
