@@ -1,8 +1,11 @@
 """The evaluate stage: score a set of structures against a dataset's reference splits, write a result record.
 
 Evaluation reads only structures (this project's samples file, any CSV with a ``cif`` column, a folder of
-CIFs, a pymatgen JSON list), never model code, so it scores any model's output. It imports neither torch nor
-Lightning.
+CIFs, a pymatgen JSON list), never model code, so it scores any model's output. Scoring imports neither torch
+nor Lightning. The one exception is the test split's likelihood of this project's own runs
+(:mod:`bench.likelihood`): for a model that declares one (the flows, the Gaussian VAE, crystal_gpt) the run's
+checkpoint is loaded to add ``nll_test`` (nats per crystal, exact or an upper bound as the entry says) to the
+record; ``+evaluate.nll.enabled=false`` skips it. External samples and reference rows never load a model.
 Samples from outside (``samples=FILE``) are named by ``evaluate.model_name``, else by the file's own metadata,
 else by the file (its stem), and marked external: never by the default model's name.
 
@@ -249,8 +252,9 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     start = time.perf_counter()
     samples_file = as_path(cfg.get("samples"))
     external = samples_file is not None
+    run_dir = None
     if samples_file is None:
-        find_trained_run(cfg)
+        run_dir = find_trained_run(cfg)
         samples_file = samples_path(cfg)
     sample_set = read_samples(samples_file)
     meta = sample_set.meta
@@ -291,7 +295,7 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     return score(
         cfg, sample_set, model=str(model), family=str(family), variant=str(variant),
         kind="external" if external else "run", cost=cost,
-        train_checksums=train_summary.get("data_checksums"), started=start,
+        train_checksums=train_summary.get("data_checksums"), started=start, likelihood_run=run_dir,
     )
 
 
@@ -306,11 +310,14 @@ def score(
     cost: dict[str, Any] | None = None,
     train_checksums: dict[str, Any] | None = None,
     started: float | None = None,
+    likelihood_run: Path | None = None,
 ) -> tuple[ResultRecord, Path | None]:
     """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record and per-sample CSV.
 
     With requested property values in ``sample_set`` or targets in ``evaluate.condition``, ``cond_hit_rate``
     is scored too (:func:`condition_targets`) and the variant names them, unless ``evaluate.variant`` is set.
+    With ``likelihood_run`` (the trained run the samples came from) the test split's ``nll_test`` is added
+    when the run's model declares a likelihood (:func:`bench.likelihood.likelihood_entry`).
     """
     from bench.metrics import run_metrics
 
@@ -326,6 +333,12 @@ def score(
                          progress=True, compositions=sample_set.compositions or None, condition=condition)
     # the decode thresholds that turned samples into failures (this project's samples; None from outside)
     report.settings["decode"] = sample_set.meta.get("decode")
+    if likelihood_run is not None:
+        from bench.likelihood import NLL_METRIC, likelihood_entry
+
+        nll = likelihood_entry(cfg, likelihood_run, reference.test, reference.train)
+        if nll is not None:
+            report.metrics[NLL_METRIC] = nll
     cost = dict(cost or {})
     cost["evaluate_seconds"] = time.perf_counter() - start
     cost["evaluate_peak_memory_mb"] = peak_memory_mb()

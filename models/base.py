@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CODEC_SPACE",
     "FIELDS",
     "GenerativeModule",
+    "Likelihood",
     "NonFiniteLossError",
     "OptimizerFactory",
     "SchedulerFactory",
@@ -31,6 +34,29 @@ FIELDS = ("atom_types", "frac_coords", "lattice")
 
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+
+CODEC_SPACE = "crystal_codec"
+"""The space of a likelihood over the crystal codec's fields (:mod:`bench.datasets.codec`): per slot a type
+(counting measure, the empty slot included), the fractional coordinates of filled slots in ``[0, 1)^3`` and
+the six standardised lattice parameters (Lebesgue measure). Densities of different models in this space
+compare when their codecs were fitted alike (same training split and settings)."""
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """What a model's :meth:`GenerativeModule.test_nll` returns, declared on its class.
+
+    Attributes:
+        kind: ``"exact"``: the negative log-likelihood itself; ``"upper_bound"``: a bound above it (a negative
+            ELBO, an importance-weighted bound, the NLL of a dequantised variable), so a lower value is a
+            tighter bound or a better model, and the true NLL is no higher.
+        estimator: a short name of how it is computed (``"exact"``, ``"dequantised"``, ``"iwae"``).
+        description: one or two sentences: which variable, which noise, which bound.
+    """
+
+    kind: Literal["exact", "upper_bound"]
+    estimator: str
+    description: str
 
 
 class NonFiniteLossError(RuntimeError):
@@ -81,7 +107,9 @@ class GenerativeModule(pl.LightningModule):
     """Base class of every benchmark model.
 
     Subclasses implement :meth:`loss` and :meth:`_sample`, and set the class attributes ``family`` (``"vae"``,
-    ``"gan"``, ``"diffusion"`` or ``"flow"``) and ``paper`` (the reference the variant follows).
+    ``"gan"``, ``"diffusion"`` or ``"flow"``) and ``paper`` (the reference the variant follows). A model with
+    a tractable likelihood or bound declares it in :attr:`likelihood` and implements :meth:`test_nll`; the
+    evaluate stage then records the test split's NLL.
 
     Args:
         optimizer: a partial building the optimiser from the parameters (e.g. ``torch.optim.AdamW``).
@@ -94,6 +122,10 @@ class GenerativeModule(pl.LightningModule):
     #: Whether the model takes a condition (the representation's ``condition`` channel); the train stage
     #: refuses a condition for a model that would ignore it.
     conditional: ClassVar[bool] = False
+    #: What :meth:`test_nll` reports (None: the model has no tractable likelihood or bound here). GANs have
+    #: none; diffusion and flow-matching models (ddpm, d3pm, diffcsp, flowmm) and CDVAE, whose decoder is a
+    #: denoiser, have variational or ODE bounds that are not implemented, so they report none either.
+    likelihood: ClassVar[Likelihood | None] = None
     #: The training stages the model knows, in the order they run (empty: it trains in one stage). A model
     #: config's ``stages`` list says which run and what share of the step budget each gets; the train stage
     #: calls :meth:`set_stage` before each (e.g. a VQ-VAE's autoencoder, then the prior over its codes).
@@ -156,6 +188,42 @@ class GenerativeModule(pl.LightningModule):
     def nfe(self) -> int:
         """Network evaluations per sample: 1 for one-shot generators; iterative samplers override it."""
         return 1
+
+    # ------------------------------------------------------------------ likelihood of held-out data
+    def likelihood_spec(self) -> Likelihood | None:
+        """What :meth:`test_nll` reports for this model as configured: the class's :attr:`likelihood`, unless
+        a variant's settings take it away (None: no value)."""
+        return type(self).likelihood
+
+    def nll_space(self) -> str:
+        """The variable the likelihood is of; values in different spaces are never compared. Default
+        :data:`CODEC_SPACE`."""
+        return CODEC_SPACE
+
+    def fit_likelihood(
+        self, data: Mapping[str, Tensor], generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        """Fit what :meth:`test_nll` needs from the encoded training split (e.g. a decoder's noise scale),
+        once, before it is called; returns the fitted values and the settings that define the value (e.g. a
+        dequantisation noise), recorded beside the NLL (default: none). Never fitted on the data scored."""
+        return {}
+
+    def test_nll(
+        self, batch: Mapping[str, Tensor], draws: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Negative log-likelihood of each crystal of ``batch`` in nats, ``[B]``, as :meth:`likelihood_spec`
+        declares it (exact, or an upper bound).
+
+        Args:
+            batch: encoded by the run's representation.
+            draws: Monte Carlo draws per crystal (dequantisation noise, importance samples); ignored by an
+                exact likelihood.
+            generator: every random number is drawn from it, so a seed fixes the value.
+
+        Raises:
+            NotImplementedError: the model declares no likelihood.
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares no likelihood (likelihood_spec() is None)")
 
     def loss(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Loss terms on a batch; must contain ``"loss"``, the scalar that training minimises."""

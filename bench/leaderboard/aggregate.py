@@ -6,7 +6,9 @@ seed: :mod:`bench.leaderboard.stats`), plus mean costs. Every metric, ``vun_rate
 records as the metric suite stored it; nothing is derived here.
 Runs that failed or do not apply become rows of their own with the reason, so nothing disappears. A metric
 that does not apply to the reference data (composition metrics on a single-element dataset,
-:mod:`bench.applicability`) gets no mean, only its reason: it is never a tie at 0.
+:mod:`bench.applicability`) gets no mean, only its reason: it is never a tie at 0. A metric whose entries name
+the variable they measure (``nll_test``'s ``nll_space``, :mod:`bench.likelihood`) carries it as the summary's
+``space``: rows in different spaces are never compared (no best, no common ranking).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,8 @@ __all__ = [
     "aggregate",
     "metric_columns",
     "best_per_column",
+    "primary_space",
+    "other_space",
     "rank_summaries",
     "pareto_front",
     "quality",
@@ -85,6 +89,9 @@ COST_DIRECTIONS = {
     "sample_seconds": "min",
     "samples_per_second": "max",
 }
+# Entry keys naming what a metric's value measures (bench.likelihood: the likelihood's variable and the fitted
+# representation it was encoded with); values whose keys differ are never compared.
+SPACE_KEYS = ("nll_space", "representation_sha256")
 # The benchmark's usual dataset order on the board; other datasets follow alphabetically.
 DATASET_ORDER = ("perov_5", "carbon_24", "mp_20", "mpts_52")
 _KIND_ORDER = {"run": 0, "external": 1, "reference": 2, "published": 3}
@@ -107,11 +114,19 @@ class MetricSummary:
     not_applicable: str | None = None
     """Why the metric does not apply to this row's reference data (:mod:`bench.applicability`); the mean is
     then None and the board shows "n/a" with this reason. None when it applies."""
+    space: str | None = None
+    """What the values measure, for a metric whose entries say so (``nll_test``: its ``nll_space`` and the
+    fitted representation, ``@``-joined); summaries of different spaces are never compared. None otherwise."""
 
     @property
     def n(self) -> int:
         """Number of finite values (seeds) behind the mean."""
         return len(self.values)
+
+    @property
+    def space_label(self) -> str | None:
+        """The readable part of :attr:`space` (the variable, without the representation's digest)."""
+        return None if self.space is None else self.space.split("@", 1)[0]
 
 
 @dataclass
@@ -220,6 +235,16 @@ def _direction(entries: list[Mapping[str, Any]], name: str) -> str:
     return counts.most_common(1)[0][0] if counts else "max"
 
 
+def _space(entries: list[Mapping[str, Any]], name: str) -> str | None:
+    """The space the entries of one row's metric measure (see :data:`SPACE_KEYS`), None when they name none;
+    seeds that disagree (they should not) make a space of their own, compared with nothing else."""
+    spaces = sorted({"@".join(str(e.get(k) or "") for k in SPACE_KEYS)
+                     for e in entries if e.get(SPACE_KEYS[0]) is not None})
+    if len(spaces) > 1:
+        log.warning("metric %s measures different spaces across the seeds of one row: %s", name, spaces)
+    return " | ".join(spaces) if spaces else None
+
+
 def _reason(records: Sequence[ResultRecord]) -> str:
     by_reason: dict[str, list[int]] = defaultdict(list)
     for r in records:
@@ -272,6 +297,9 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
             n_resamples=n_resamples,
             seed=seed,
         )
+        space = _space(entries, name)
+        if space is not None:
+            row.metrics[name] = replace(row.metrics[name], space=space)
     for key in (*COST_KEYS, "train_steps"):  # train_steps: for the summary's cost lines, not a column
         values = finite_values(r.cost.get(key) for r in records)
         if values:
@@ -326,7 +354,9 @@ def metric_columns(rows: Iterable[Row]) -> list[str]:
 
 
 def best_per_column(rows: Sequence[Row], metrics: Iterable[str] | None = None) -> dict[str, set[int]]:
-    """Indices of the leading re-run complete row per metric, within each split protocol.
+    """Indices of the leading re-run complete row per metric, within each split protocol (for a metric whose
+    summaries name a :attr:`MetricSummary.space`, among the rows in the protocol's :func:`primary_space` only:
+    a value of another variable is never ranked).
 
     A row is marked only when its lead over the runner-up holds by :func:`bench.leaderboard.stats.compare`
     (shown values differ by more than two units of the last digit and Welch's t-test gives p < 0.05), the same
@@ -347,12 +377,49 @@ def best_per_column(rows: Sequence[Row], metrics: Iterable[str] | None = None) -
                 by_protocol[(row.dataset, row.protocol_id)].append((summary, i))
         marked: set[int] = set()
         for candidates in by_protocol.values():
+            primary = _most_common_space(s.space for s, _ in candidates)
+            candidates = [(s, i) for s, i in candidates if s.space in (None, primary)]
             if len(candidates) < 2:  # a lone run is not "best" of anything
                 continue
             (lead, i), (second, _) = rank_summaries(candidates)[:2]
             if compare(lead.values, second.values).holds:
                 marked.add(i)
         out[name] = marked
+    return out
+
+
+def _most_common_space(spaces: Iterable[str | None]) -> str | None:
+    counts = Counter(space for space in spaces if space is not None)
+    if not counts:
+        return None
+    return min(counts, key=lambda space: (-counts[space], space))  # ties: the first by name
+
+
+def primary_space(rows: Iterable[Row], name: str) -> str | None:
+    """The space most rows with a value of ``name`` measure (ties: the first by name); None when the metric
+    names no space. The board ranks and plots a column in this space; other spaces are shown, not ranked."""
+    return _most_common_space(s.space for r in rows if (s := r.metrics.get(name)) is not None
+                              and s.mean is not None)
+
+
+def other_space(rows: Sequence[Row], metrics: Iterable[str]) -> dict[tuple[int, str], str]:
+    """``(row index, metric) -> label`` for the cells whose space is not their protocol's
+    :func:`primary_space` of that metric: the board names the space in the cell and does not rank it there."""
+    by_protocol: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_protocol[(row.dataset, row.protocol_id)].append(i)
+    out: dict[tuple[int, str], str] = {}
+    for name in metrics:
+        for members in by_protocol.values():
+            primary = primary_space([rows[i] for i in members], name)
+            for i in members:
+                summary = rows[i].metrics.get(name)
+                if summary is None or summary.mean is None or summary.space in (None, primary):
+                    continue
+                label = summary.space_label or ""
+                if primary is not None and label == primary.split("@", 1)[0]:
+                    label = f"{label}, another fitted representation"
+                out[(i, name)] = label
     return out
 
 

@@ -20,6 +20,8 @@ from bench.leaderboard.aggregate import (
     Row,
     best_per_column,
     metric_columns,
+    other_space,
+    primary_space,
     quality,
     total_seconds,
 )
@@ -210,7 +212,7 @@ def _td(key: str, value: str, content: str, *, cls: str = "", title: str = "") -
     return f"<td{attrs}>{content}</td>"
 
 
-def _metric_td(row: Row, name: str, best: bool, reported: bool = False) -> str:
+def _metric_td(row: Row, name: str, best: bool, reported: bool = False, other: str | None = None) -> str:
     summary = row.metrics.get(name)
     if summary is not None and summary.not_applicable:
         reason = escape(summary.not_applicable)
@@ -223,6 +225,10 @@ def _metric_td(row: Row, name: str, best: bool, reported: bool = False) -> str:
         return _td(name, _num(summary.mean), f'<span class="m">{main}</span>')
     values = ", ".join(fmt_value(v) for v in summary.values)
     content = f'<span class="m">{main}</span><span class="ci">{escape(fmt_ci(summary))}</span>'
+    if other:  # another space than the column's other rows: no sort value, so a sort never ranks it
+        short = other.split("(", 1)[0]  # the full name, with its settings, is in the tooltip
+        content += f'<span class="ci">{escape(short)}: another space, not ranked</span>'
+        return _td(name, "", content, title=f"per seed: {values}; measured in {other}, not compared")
     return _td(name, _num(summary.mean), content, cls="best" if best else "", title=f"per seed: {values}")
 
 
@@ -267,6 +273,7 @@ def _protocol_td(row: Row) -> str:
 def _own_table(dataset: str, rows: Sequence[Row]) -> str:
     columns = metric_columns(rows)
     best = best_per_column(rows, columns)
+    others = other_space(rows, columns)
     protocols = sorted({(r.protocol, bool(r.official)) for r in rows})
     show_protocol = len(protocols) > 1  # one protocol: said once above the table instead of in every row
     head = [
@@ -289,7 +296,7 @@ def _own_table(dataset: str, rows: Sequence[Row]) -> str:
         if row.status == "complete":
             seeds = ", ".join(map(str, row.seeds))
             cells.append(_td("seeds", str(len(row.seeds)), str(len(row.seeds)), title=f"seeds: {seeds}"))
-            cells += [_metric_td(row, m, i in best.get(m, set())) for m in columns]
+            cells += [_metric_td(row, m, i in best.get(m, set()), other=others.get((i, m))) for m in columns]
         else:  # the reason spans the metric columns, which a failed run has no values for
             cells.append(_td("seeds", "", DASH))
             reason = escape(truncate(row.reason or "no reason recorded", 400))
@@ -411,6 +418,7 @@ def _bar_plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
             f'</span></h3><div class="plots">'
         )
         not_applicable: dict[str, list[str]] = defaultdict(list)
+        not_plotted: list[str] = []
         for name in metric_columns(runs):
             reason = next((r.metrics[name].not_applicable for r in runs
                            if name in r.metrics and r.metrics[name].not_applicable), None)
@@ -418,9 +426,13 @@ def _bar_plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
                 not_applicable[reason].append(name)
                 continue
             bars = []
+            primary, elsewhere = primary_space(ordered, name), []
             for r in ordered:
                 s = r.metrics.get(name)
                 if s is None or s.mean is None:
+                    continue
+                if s.space not in (None, primary):  # another variable: never on the same axis
+                    elsewhere.append(labels[id(r)])
                     continue
                 low, high = s.ci if s.ci is not None else (None, None)
                 ci_text = f" [{fmt_value(low)}, {fmt_value(high)}]" if s.ci else " (1 seed, no CI)"
@@ -437,7 +449,12 @@ def _bar_plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
                 (r.metrics[name].direction, r.metrics[name].description) for r in runs if name in r.metrics
             )
             parts.append(bars_svg(name, direction, bars, colors, refs=ref_lines, description=description))
+            if elsewhere:
+                not_plotted.append(f"{name} of {', '.join(elsewhere)} (another space)")
         parts.append("</div>")
+        if not_plotted:
+            listed = escape("; ".join(not_plotted))
+            parts.append(f'<p class="note">Not plotted beside the others: {listed}.</p>')
         for reason, names in not_applicable.items():
             parts.append(
                 f'<p class="note">Not plotted, n/a ({escape(reason)}): {escape(", ".join(names))}.</p>'

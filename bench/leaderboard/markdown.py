@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.io_utils import atomic_write_text
-from bench.leaderboard.aggregate import Row, best_per_column, metric_columns
+from bench.leaderboard.aggregate import Row, best_per_column, metric_columns, other_space
 from bench.leaderboard.board import Board, board_from_records, collect
 from bench.leaderboard.format import (
     DASH,
@@ -56,6 +56,12 @@ def _legend() -> list[str]:
         "- Failed or not-applicable runs are listed with their reason instead of disappearing.",
         "- `n/a`: the metric does not apply to the dataset, with the reason below it (composition metrics "
         "on single-element data such as Carbon-24, where every model would score 0); never ranked or tied.",
+        "- `nll_test`: negative log-likelihood of the test split in nats per crystal, for models with a "
+        "tractable likelihood or bound (exact, or an upper bound such as a dequantised flow's or a VAE's "
+        "importance-weighted bound, as the record's `nll_kind` says); a dash for the others. Values of "
+        "different variables (e.g. crystal_gpt's token sequences against the codec's fields) are never "
+        "compared: a cell in another space than most of its protocol's rows names its space and is not "
+        "ranked.",
         f"- *Reported, not re-run*: numbers copied from {meta['short_citation']} ({meta['url']}); "
         f"protocol: {meta['protocol']}.",
     ]
@@ -68,7 +74,7 @@ def _header(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
     return [f"{name} {arrow(directions[name])}" for name in columns]
 
 
-def _metric_cell(row: Row, name: str, bold: bool) -> str:
+def _metric_cell(row: Row, name: str, bold: bool, other: str | None = None) -> str:
     summary = row.metrics.get(name)
     if summary is not None and summary.not_applicable:
         return f"{NA}<br><sub>{_cell(summary.not_applicable)}</sub>"
@@ -77,7 +83,8 @@ def _metric_cell(row: Row, name: str, bold: bool) -> str:
     main = fmt_mean_std(summary)
     if bold:
         main = f"**{main}**"
-    return f"{main}<br><sub>{fmt_ci(summary)}</sub>"
+    note = f"; {_cell(other)}: another space, not ranked" if other else ""
+    return f"{main}<br><sub>{fmt_ci(summary)}{note}</sub>"
 
 
 def _name_cell(row: Row) -> str:
@@ -98,6 +105,7 @@ def _status_cell(row: Row) -> str:
 def _own_table(rows: Sequence[Row]) -> list[str]:
     columns = metric_columns(rows)
     best = best_per_column(rows, columns)
+    others = other_space(rows, columns)
     header = [
         "model",
         "family",
@@ -117,7 +125,7 @@ def _own_table(rows: Sequence[Row]) -> list[str]:
             _cell(row.family),
             _cell(protocol),
             str(len(row.seeds)) if row.status == "complete" else DASH,
-            *[_metric_cell(row, m, i in best.get(m, set())) for m in columns],
+            *[_metric_cell(row, m, i in best.get(m, set()), others.get((i, m))) for m in columns],
             fmt_params(row.cost.get("parameters")),
             fmt_seconds(row.cost.get("train_seconds")),
             fmt_rate(row.cost.get("samples_per_second")),

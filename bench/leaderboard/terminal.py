@@ -26,6 +26,8 @@ from bench.leaderboard.aggregate import (
     Row,
     best_per_column,
     metric_columns,
+    other_space,
+    primary_space,
 )
 from bench.leaderboard.board import Board, collect
 from bench.leaderboard.format import (
@@ -61,11 +63,19 @@ def sort_keys(rows: Sequence[Row]) -> dict[str, str]:
 def sorted_rows(rows: Sequence[Row], key: str, direction: str) -> list[Row]:
     """Rows ordered best first on ``key``.
 
-    Complete runs are ranked first, then references (ranked among themselves), then the rows without a value
-    (failed ones among them) in their previous order.
+    Complete runs are ranked first, then references (ranked among themselves) and runs whose value measures
+    another space than most rows' (:func:`~bench.leaderboard.aggregate.primary_space`: e.g. a token
+    likelihood beside densities), then the rows without a value (failed ones among them) in their previous
+    order.
     """
-    competing = [r for r in rows if r.is_rerun and r.mean(key) is not None]
-    beside = [r for r in rows if not r.is_rerun and r.mean(key) is not None]
+    primary = primary_space(rows, key)
+
+    def comparable(row: Row) -> bool:
+        summary = row.metrics.get(key)
+        return summary is None or summary.space in (None, primary)
+
+    competing = [r for r in rows if r.is_rerun and r.mean(key) is not None and comparable(r)]
+    beside = [r for r in rows if r.mean(key) is not None and not (r.is_rerun and comparable(r))]
     rest = [r for r in rows if r.mean(key) is None]
     for group in (competing, beside):
         group.sort(key=lambda r: r.mean(key), reverse=direction == "max")
@@ -107,7 +117,9 @@ def _header(name: str, direction: str, narrow: bool) -> str:
     return f"{name} {arrow(direction)}"
 
 
-def _metric_text(row: Row, name: str, best: bool, reported: bool, layout: _Layout) -> Text:
+def _metric_text(
+    row: Row, name: str, best: bool, reported: bool, layout: _Layout, other: str | None = None
+) -> Text:
     summary = row.metrics.get(name)
     if summary is not None and summary.not_applicable:
         return Text(NA, style="dim")
@@ -117,6 +129,8 @@ def _metric_text(row: Row, name: str, best: bool, reported: bool, layout: _Layou
     text = Text(main, style="bold" if best else "")
     if layout.ci and not reported:
         text.append("\n" + (fmt_ci(summary) if summary.ci is not None else "(1 seed)"), style="dim")
+    if other:  # another space than the column's other rows: said (its name, without settings), never ranked
+        text.append("\n" + ("(other space)" if layout.narrow else f"({other.split('(', 1)[0]})"), style="dim")
     return text
 
 
@@ -131,6 +145,7 @@ def _own_table(
     dataset: str, rows: Sequence[Row], sort: str | None, columns: Sequence[str], layout: _Layout
 ) -> Table:
     best = best_per_column(rows, columns)
+    others = other_space(rows, columns)
     directions = sort_keys(rows)
     protocols = sorted({short_protocol(r) for r in rows})
     official = {bool(r.official) for r in rows}
@@ -172,7 +187,8 @@ def _own_table(
             *([row.family] if layout.extras else []),
             *([short_protocol(row)] if len(protocols) > 1 else []),
             str(len(row.seeds)) if row.status == "complete" else DASH,
-            *[_metric_text(row, m, i in best.get(m, set()), False, layout) for m in columns],
+            *[_metric_text(row, m, i in best.get(m, set()), False, layout, others.get((i, m)))
+              for m in columns],
             *((fmt_params(row.cost.get("parameters")), fmt_seconds(row.cost.get("train_seconds")),
                fmt_rate(row.cost.get("samples_per_second"))) if layout.extras else ()),
             *([status] if show_status else []),
@@ -188,6 +204,9 @@ def _own_table(
             if m not in names:
                 names.append(m)
     notes += [f"n/a ({', '.join(names)}): {reason}" for reason, names in na.items()]
+    if others:
+        notes.append("(space): a value of another variable than the column's other rows (e.g. a token "
+                     "sequence's likelihood beside densities of the codec's fields); not ranked against them")
     if notes:
         table.caption = "\n".join(notes)
     return table

@@ -14,6 +14,12 @@ The sequence is the crystal's (:mod:`bench.datasets.tokens`): ``BOS``, six latti
 per site, ``EOS``. Sampling draws one token at a time with a key/value cache, with the temperature and top-k
 of the :class:`~bench.models.autoregressive.sampling.TokenSampler`; the grammar is not imposed unless the
 sampler is ``constrained``, so a sequence that is no crystal reaches the samples file as a parse failure.
+
+Test likelihood (:meth:`CrystalGPT.test_nll`): the exact negative log-likelihood of each crystal's token
+sequence, ``-sum_t log P(u_t | u_<t)`` up to and including EOS, with dropout off. It is a probability of
+the discretised sequence (coordinates rounded to ``1 / coord_bins``, the lattice to its bins), not a density
+of the crystal codec's fields, so its space (:meth:`CrystalGPT.nll_space`, naming the grammar) keeps it
+apart from the flows' and VAEs' values: it is never ranked against them.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from bench.datasets.tokens import (
     CrystalTokenizer,
 )
 from bench.models.autoregressive.sampling import TokenSampler
-from bench.models.base import GenerativeModule, OptimizerFactory
+from bench.models.base import GenerativeModule, Likelihood, OptimizerFactory
 from torch import Tensor, nn
 
 __all__ = ["CausalSelfAttention", "CrystalGPT", "GPTBlock", "GPTDecoder", "KVCache"]
@@ -174,6 +180,13 @@ class CrystalGPT(GenerativeModule):
         "Radford et al. 2018, Improving Language Understanding by Generative Pre-Training (GPT); Radford et "
         "al. 2019, Language Models are Unsupervised Multitask Learners (GPT-2)"
     )
+    likelihood = Likelihood(
+        "exact",
+        "exact",
+        "exact NLL of the crystal's token sequence (BOS excluded, EOS included; coordinates and lattice "
+        "rounded to the grammar's bins): a discrete probability, not comparable with densities of the "
+        "codec's fields",
+    )
 
     def __init__(
         self,
@@ -228,6 +241,24 @@ class CrystalGPT(GenerativeModule):
         scored = targets != PAD
         loss = per_token.sum() / scored.sum().clamp_min(1)
         return {"loss": loss, "nll_crystal": per_token.sum(dim=1).mean()}
+
+    def nll_space(self) -> str:
+        """The token sequences of this grammar: ``crystal_tokens(lattice_bins=.., lattice_range=..,
+        coord_bins=..)``; other bins are another space."""
+        t = self.tokenizer
+        return (f"crystal_tokens(lattice_bins={t.lattice_bins},lattice_range={t.lattice_range:g},"
+                f"coord_bins={t.coord_bins})")
+
+    @torch.no_grad()
+    def test_nll(
+        self, batch: Mapping[str, Tensor], draws: int = 1, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``[B]`` exact negative log-likelihood of each crystal's token sequence in nats (``draws`` and
+        ``generator`` are unused: nothing is sampled). Call it in eval mode (no dropout)."""
+        tokens = self.tokens_of(batch)
+        logits, _ = self.net(tokens[:, :-1])
+        per_token = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], ignore_index=PAD, reduction="none")
+        return per_token.sum(dim=1).double()
 
     @torch.no_grad()
     def generate(self, n: int, generator: torch.Generator | None = None) -> Tensor:

@@ -14,6 +14,11 @@ decoder's corruption is DiffCSP's (the processes and sampler of :mod:`bench.mode
 variance-preserving diffusion of the continuous one-hot types and a wrapped-normal variance-exploding
 diffusion of the fractional coordinates. The lattice is never diffused: it is teacher-forced in training and
 predicted from ``z`` at sampling, then held fixed while the atoms are denoised.
+
+No test likelihood is reported (:attr:`~bench.models.base.GenerativeModule.likelihood` stays None, so the
+record has no ``nll_test``): the decoder is a denoising score model with no tractable ``p(x | z)``, and the
+lattice is a point prediction from ``z``, so a negative ELBO would need the diffusion decoder's own
+variational bound (and an invented lattice noise), separate work shared with the diffusion models.
 """
 
 from __future__ import annotations
