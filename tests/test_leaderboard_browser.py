@@ -247,3 +247,76 @@ def test_bar_plot_labels_are_whole_and_apart(board_page: Any) -> None:
         for i, box in enumerate(boxes):
             assert _inside(box, frame), refs[i].text
             assert not any(_overlap(box, other) for other in boxes[i + 1:]), refs[i].text
+
+
+# ----------------------------------------------------------------------------------------- quality versus NFE
+
+NFE_METRICS = ["valid", "cov_recall", "cov_precision", "vun_rate", "samples_per_second"]
+
+
+@pytest.fixture(scope="module")
+def nfe_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium at 1366x768 showing a board with one DDPM sampled by DDIM at three NFE."""
+    from tests.test_leaderboard_nfe import write_nfe_results
+
+    root = tmp_path_factory.mktemp("nfe_board")
+    html = build(write_nfe_results(root / "results"), root / "board")["html"]
+    with _browser(root, "1366,768") as driver:
+        driver.get(html.as_uri())
+        yield driver
+
+
+def _check_nfe_labels(driver: Any, figure: Any) -> list[list[str]]:
+    """Every panel of ``figure`` is on screen and labels each curve once, whole, inside the plot and apart
+    from the other labels; returns the labels of each panel."""
+    driver.execute_script("arguments[0].scrollIntoView()", figure)
+    assert figure.is_displayed()
+    out = []
+    for panel in figure.find_elements("css selector", "svg.nfe-panel"):
+        frame = _rects(driver, [panel.find_element("css selector", "rect")])[0]
+        assert frame["right"] - frame["left"] > 150 and frame["bottom"] - frame["top"] > 100, frame
+        labels = panel.find_elements("css selector", "text.curve-label")
+        texts = [t.text for t in labels]
+        assert all(texts) and len(set(texts)) == len(texts), texts
+        boxes = _rects(driver, labels)
+        for i, (text, box) in enumerate(zip(texts, boxes, strict=True)):
+            assert _inside(box, frame), f"label {text!r} sticks out of the panel: {box} {frame}"
+            for other, box2 in zip(texts[i + 1:], boxes[i + 1:], strict=True):
+                assert not _overlap(box, box2), f"labels {text!r} and {other!r} overlap"
+        out.append(texts)
+    return out
+
+
+def test_quality_versus_nfe_figure_shows_every_curve_labelled(nfe_page: Any) -> None:
+    link = nfe_page.find_element("css selector", "#ds-perov_5 a[href='#nfe-perov_5-0']")
+    assert link.is_displayed()
+    figure = nfe_page.find_element("css selector", "figure.nfe#nfe-perov_5-0")
+    panels = figure.find_elements("css selector", "svg.nfe-panel")
+    assert [p.get_attribute("data-metric") for p in panels] == NFE_METRICS
+    expected = {"ddpm-eps-cosine · ancestral", "ddpm-eps-cosine · ddim", "ddpm-eps-cosine · ddim-eta0.5",
+                "ddpm-eps-cosine+scheduler=cosine · ancestral", "ddpm-eps-cosine+scheduler=cosine · ddim",
+                "vae-gaussian"}
+    for texts in _check_nfe_labels(nfe_page, figure):
+        assert set(texts) == expected
+    # the DDIM rows are one drawn line through three points; the single-NFE groups are points
+    lines = figure.find_elements("css selector", "svg.nfe-panel[data-metric='valid'] path.nfe-line")
+    assert len(lines) == 1
+    assert nfe_page.execute_script("return arguments[0].getBBox().width", lines[0]) > 50
+    assert "NFE" in figure.find_element("css selector", "figcaption").text
+    box = nfe_page.find_element("css selector", "input.family-filter[value='vae']")
+    vae = figure.find_element("css selector", "svg.nfe-panel g.nfe-curve[data-family='vae']")
+    assert vae.is_displayed()
+    box.click()
+    assert not vae.is_displayed()
+    box.click()
+    errors = [e for e in nfe_page.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def test_nfe_labels_on_the_real_board_are_whole_and_apart(board_page: Any) -> None:
+    figures = board_page.find_elements("css selector", "figure.nfe")
+    if not figures:
+        pytest.skip("no protocol of the committed records samples one model at two NFE")
+    for figure in figures:
+        labels = _check_nfe_labels(board_page, figure)
+        assert len(labels) == len(NFE_METRICS) and all(labels)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.applicability import record_not_applicable
+from bench.leaderboard.sampling import Sampling, sampling_of
 from bench.leaderboard.stats import bootstrap_ci, clip_to_range, compare, finite_values, mean_ci
 from bench.records import ResultRecord
 
@@ -30,6 +31,7 @@ __all__ = [
     "COST_KEYS",
     "DATASET_ORDER",
     "COST_DIRECTIONS",
+    "INTERVAL_COSTS",
     "PREFERRED_METRICS",
     "QUALITY_METRIC",
     "RERUN_KINDS",
@@ -89,6 +91,9 @@ COST_DIRECTIONS = {
     "sample_seconds": "min",
     "samples_per_second": "max",
 }
+INTERVAL_COSTS = ("samples_per_second",)
+"""Costs that also get a mean with its 95% interval over seeds (:attr:`Row.cost_summaries`), for the
+quality-versus-NFE figure (:mod:`bench.leaderboard.nfe`)."""
 # Entry keys naming what a metric's value measures (bench.likelihood: the likelihood's variable and the fitted
 # representation it was encoded with); values whose keys differ are never compared.
 SPACE_KEYS = ("nll_space", "representation_sha256")
@@ -148,6 +153,11 @@ class Row:
     cost: dict[str, float] = field(default_factory=dict)
     source: str | None = None
     url: str | None = None
+    cost_summaries: dict[str, MetricSummary] = field(default_factory=dict)
+    """Per-seed summaries of the :data:`INTERVAL_COSTS` (the same mean as :attr:`cost`, with its interval)."""
+    sampling: Sampling | None = None
+    """The trained variant and sampler family of the row's runs (:func:`bench.leaderboard.sampling.
+    sampling_of`); None for published rows."""
 
     @property
     def name(self) -> str:
@@ -270,6 +280,7 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
         kind=first.kind,
         status=status,
         seeds=tuple(sorted(r.seed for r in records)),
+        sampling=_sampling(records),
     )
     if status != "complete":
         row.reason = _reason(records)
@@ -300,11 +311,27 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
         space = _space(entries, name)
         if space is not None:
             row.metrics[name] = replace(row.metrics[name], space=space)
-    for key in (*COST_KEYS, "train_steps"):  # train_steps: for the summary's cost lines, not a column
+    # train_steps: for the summary's cost lines; sample_nfe: the x of the quality-versus-NFE figure
+    for key in (*COST_KEYS, "train_steps", "sample_nfe"):
         values = finite_values(r.cost.get(key) for r in records)
         if values:
             row.cost[key] = float(np.mean(values))
+        if key == "sample_nfe" and len(set(values)) > 1:
+            log.warning("seeds %s of %s/%s record different NFE %s; the figure uses their mean",
+                        row.seeds, row.dataset, row.variant, sorted(set(values)))
+        if key in INTERVAL_COSTS and values:
+            row.cost_summaries[key] = summarize(key, COST_DIRECTIONS.get(key, "max"), values,
+                                                n_resamples=n_resamples, seed=seed)
     return row
+
+
+def _sampling(records: Sequence[ResultRecord]) -> Sampling:
+    """The sampling of a row's records (the most common should seeds disagree; they share one variant)."""
+    counts = Counter(sampling_of(r) for r in records)
+    if len(counts) > 1:
+        log.warning("the seeds of %s/%s were sampled differently: %s", records[0].dataset, records[0].variant,
+                    sorted(counts, key=str))
+    return counts.most_common(1)[0][0]
 
 
 def aggregate(records: Sequence[ResultRecord], *, n_resamples: int = 2000, seed: int = 0) -> list[Row]:

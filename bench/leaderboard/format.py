@@ -58,13 +58,16 @@ def fmt_mean_std(summary: MetricSummary | None, *, reported: bool = False) -> st
     return f"{fmt_value(summary.mean)} ± {fmt_value(summary.std, d)}"
 
 
-def fmt_ci(summary: MetricSummary | None) -> str:
+def fmt_ci(summary: MetricSummary | None, *, rate: bool = False) -> str:
     """``[low, high]`` 95% CI of the mean (Student-t or bootstrap, see :mod:`bench.leaderboard.stats`) at the
-    mean's precision; says so when it is undefined (one seed)."""
+    mean's precision (``rate``: each end as :func:`fmt_rate` shows a throughput); says so when it is undefined
+    (one seed)."""
     if summary is None or summary.mean is None:
         return ""
     if summary.ci is None:
         return f"CI n/a ({summary.n} seed)" if summary.n < 2 else "CI n/a"
+    if rate:
+        return f"[{fmt_rate(summary.ci[0])}, {fmt_rate(summary.ci[1])}]"
     d = _decimals(summary.mean)
     return f"[{fmt_value(summary.ci[0], d)}, {fmt_value(summary.ci[1], d)}]"
 

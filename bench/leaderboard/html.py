@@ -2,7 +2,8 @@
 
 It opens with the answer: per dataset a compact headline table (with the Test and Random references and the
 published CDVAE row beside the runs) and the quality-versus-cost plot, every point labelled; the written
-analysis and the details (every row and metric, findings, per-metric plots) follow.
+analysis and the details (every row and metric, findings, the quality-versus-NFE figure of the rows sampled at
+several NFE, per-metric plots) follow.
 Everything is inline: CSS, a few lines of JavaScript (sortable columns, a family filter) and SVG plots
 generated in Python. The page loads nothing from the network; links to papers are plain anchors.
 """
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from html import escape
 
 from bench.leaderboard.aggregate import (
+    INTERVAL_COSTS,
     QUALITY_METRIC,
     RERUN_KINDS,
     Row,
@@ -46,9 +48,28 @@ from bench.leaderboard.headline import (
     short_protocol,
     train_steps,
 )
+from bench.leaderboard.nfe import (
+    NFE_PANELS,
+    NfeCurve,
+    missing_sentence,
+    nfe,
+    nfe_curves,
+    panel_summary,
+    shows_nfe,
+)
 from bench.leaderboard.published import published_meta
+from bench.leaderboard.stats import METRIC_RANGES
 from bench.leaderboard.summary import summary_markdown
-from bench.leaderboard.svg import Bar, Point, bars_svg, family_colors, scatter_svg
+from bench.leaderboard.svg import (
+    Bar,
+    Curve,
+    CurvePoint,
+    Point,
+    bars_svg,
+    curves_svg,
+    family_colors,
+    scatter_svg,
+)
 
 __all__ = ["render_html"]
 
@@ -123,6 +144,8 @@ tr.first-ref td { border-top: 2px solid #bbb; }
 tr.glance-published td { color: #6b4e00; background: #fffaf0; }
 tr.glance-published td.label, tr.glance-ref td.label { font-style: normal; }
 p.more { margin: 6px 0 0; font-size: 13px; }
+figure.nfe { margin: 6px 0 14px; } figure.nfe figcaption { max-width: 980px; }
+figure.nfe .plots > svg { flex: 1 1 520px; height: auto; }
 """
 
 _JS = """
@@ -462,6 +485,85 @@ def _bar_plots(rows: Sequence[Row], colors: dict[str, str]) -> str:
     return "".join(parts)
 
 
+_DASHES = ("", "6 3", "2 3", "8 3 2 3")
+"""Line styles telling apart the curves of one family (one colour) in the quality-versus-NFE figure."""
+
+
+def _nfe_figure(dataset: str, k: int, rows: Sequence[Row], curves: Sequence[NfeCurve],
+                colors: dict[str, str]) -> str:
+    """One protocol's quality-versus-NFE small multiples: a panel per :data:`~bench.leaderboard.nfe.
+    NFE_PANELS` entry, the same curves (mean over seeds, 95% interval whiskers) and labels in each."""
+    x_values = [x for c in curves for x in c.nfes]
+    per_family: dict[str, int] = defaultdict(int)
+    dashes = []
+    for c in curves:  # the lines of one family (one colour) get different styles; points need none
+        dashes.append(_DASHES[per_family[c.family] % len(_DASHES)] if c.is_curve else "")
+        per_family[c.family] += c.is_curve
+    panels = []
+    for key, title in NFE_PANELS:
+        drawn, direction, description = [], "max", ""
+        for curve, dash in zip(curves, dashes, strict=True):
+            points = []
+            for r in curve.rows:
+                summary, x = panel_summary(r, key), nfe(r)
+                if summary is None or x is None:
+                    continue
+                direction, description = summary.direction, description or summary.description
+                low, high = summary.ci if summary.ci is not None else (None, None)
+                rate = key in INTERVAL_COSTS
+                shown = fmt_rate(summary.mean) if rate else fmt_mean_std(summary)
+                tip = (f"{r.name}: NFE {x:,.0f}, {title} {shown} {fmt_ci(summary, rate=rate)}, "
+                       f"{len(summary.values)} seed(s)")
+                points.append(CurvePoint(x, summary.mean, low, high, tip))
+            drawn.append(Curve(curve.label, curve.family, tuple(points), dash))
+        if not any(c.points for c in drawn):
+            continue
+        rate = key in INTERVAL_COSTS  # a cost: structures per second, on a log axis
+        panels.append(curves_svg(
+            drawn, colors, title=f"{title} {arrow(direction)}" + (" (log)" if rate else ""),
+            x_label="NFE per sample (log scale)", x_values=x_values, log_y=rate,
+            unit=METRIC_RANGES.get(key) == (0.0, 1.0), metric=key,
+            description=description or ("structures generated per second, on the device each run sampled on"
+                                        if rate else title),
+        ))
+    first = rows[0]
+    unplaced = [r.name for r in rows if r.kind == "run" and r.status == "complete" and nfe(r) is None]
+    caption = (
+        f"Quality versus NFE, {escape(short_protocol(first))}: each line joins the rows of one trained model "
+        "sampled by one sampler family at different NFE (network function evaluations per sample); a lone "
+        "point is a model sampled at one NFE. Points: mean over seeds; whiskers: the 95% interval of the "
+        "mean, as in the tables. samples/s was measured on the device each run sampled on."
+    )
+    if unplaced:
+        caption += f" Not placed (no NFE recorded): {escape(', '.join(unplaced))}."
+    return (
+        f'<figure class="nfe" id="nfe-{escape(dataset)}-{k}" data-protocol="{escape(first.protocol_id)}">'
+        f'<div class="plots">{"".join(panels)}</div>'
+        f'<figcaption class="note">{caption}</figcaption></figure>'
+    )
+
+
+def _nfe_section(dataset: str, rows: Sequence[Row], colors: dict[str, str]) -> str:
+    """Per protocol (in :func:`~bench.leaderboard.headline.protocol_order`), the quality-versus-NFE figure
+    when one of its trained models has rows at two or more NFE, else one sentence saying which rows would
+    make it."""
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row.protocol_id].append(row)
+    parts = []
+    for k, pid in enumerate(protocol_order(rows)):
+        protocol_rows = by_protocol[pid]
+        curves = nfe_curves(protocol_rows)
+        if shows_nfe(curves):
+            parts.append(_nfe_figure(dataset, k, protocol_rows, curves, colors))
+        elif (sentence := missing_sentence(protocol_rows)) is not None:
+            parts.append(f'<p class="note nfe-none" data-protocol="{escape(pid)}">'
+                         f"<b>{escape(short_protocol(protocol_rows[0]))}</b>: {_inline(sentence)}</p>")
+    if not parts:
+        return ""
+    return f'<h3 id="nfe-{escape(dataset)}">Quality versus NFE</h3>{"".join(parts)}'
+
+
 def _label_html(label: str) -> str:
     """A row label that may wrap only after a ``+`` (model+sampler), never inside a name."""
     pieces = label.split("+")
@@ -555,6 +657,9 @@ def _glance_panel(dataset: str, k: int, rows: Sequence[Row], cdvae: Row | None, 
     if cdvae is not None:
         notes.append(f"CDVAE: reported by {escape(meta['short_citation'])} on their protocol "
                      f"({escape(meta['protocol'])}), not re-run here: not comparable.")
+    if shows_nfe(nfe_curves(rows)):
+        notes.append(f'<a href="#nfe-{escape(dataset)}-{k}">Quality versus NFE</a> of the runs sampled with '
+                     "several step counts: in the details.")
     scatter = _scatter([r for r in runs if r.is_rerun], labels, colors, refs)
     hidden = "" if shown else " hidden"
     tab = f' role="tabpanel" aria-labelledby="tab-{escape(dataset)}-{k}"' if tabbed else ""
@@ -621,6 +726,9 @@ def _legend() -> str:
         "<code>vun_rate</code>: fraction of all samples that are valid AND unique AND novel, decided per "
         "structure (unique: the first of each set of matching structures; MatterGen's convention). It is "
         "the y axis of the quality-versus-cost plot (<code>valid</code> where it is missing).",
+        "<i>Quality versus NFE</i> (in the details): one trained model sampled with several step counts, "
+        "one line per sampler family (the variant's <code>+ddim-50</code>-style tag without its step count) "
+        "over the network evaluations per sample; mean over seeds with the 95% interval of the mean.",
         "Click a column header to sort (first click: best first; again: reverse). Untick a family to "
         "hide its rows and plot marks.",
         "<i>reference</i> rows are baselines scored by the same metric suite; <i>external</i> rows are "
@@ -737,6 +845,7 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
             if found:
                 block = markdown_block(chr(10).join(found))
                 parts.append(f'<div class="findings"><h3>Findings</h3>{block}</div>')
+            parts.append(_nfe_section(dataset, own, colors))
             parts.append(_bar_plots(own, colors))
         else:
             parts.append('<p class="muted">No runs of this project on this dataset yet.</p>')

@@ -1,12 +1,21 @@
-"""The Markdown board (``leaderboard/README.md``): one table per dataset, seeds pooled per model variant."""
+"""The Markdown board (``leaderboard/README.md``): one table per dataset, seeds pooled per model variant, and
+per protocol the quality-versus-NFE numbers of the rows that sample one trained model at several NFE."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.io_utils import atomic_write_text
-from bench.leaderboard.aggregate import Row, best_per_column, metric_columns, other_space
+from bench.leaderboard.aggregate import (
+    INTERVAL_COSTS,
+    MetricSummary,
+    Row,
+    best_per_column,
+    metric_columns,
+    other_space,
+)
 from bench.leaderboard.board import Board, board_from_records, collect
 from bench.leaderboard.format import (
     DASH,
@@ -19,6 +28,16 @@ from bench.leaderboard.format import (
     fmt_seconds,
     fmt_value,
     truncate,
+)
+from bench.leaderboard.headline import protocol_order, row_label, short_protocol
+from bench.leaderboard.nfe import (
+    NFE_PANELS,
+    NfeCurve,
+    missing_sentence,
+    nfe,
+    nfe_curves,
+    panel_summary,
+    shows_nfe,
 )
 from bench.leaderboard.published import published_meta
 from bench.leaderboard.summary import summary_markdown
@@ -62,6 +81,10 @@ def _legend() -> list[str]:
         "different variables (e.g. crystal_gpt's token sequences against the codec's fields) are never "
         "compared: a cell in another space than most of its protocol's rows names its space and is not "
         "ranked.",
+        "- *Quality versus NFE*: rows of one trained model sampled with several step counts (the variant's "
+        "sampler tag, e.g. `+ddim-50`), one group per sampler family (the tag without its step count), by "
+        "network function evaluations per sample; mean over seeds with the 95% interval of the mean. "
+        "`index.html` draws them as lines.",
         f"- *Reported, not re-run*: numbers copied from {meta['short_citation']} ({meta['url']}); "
         f"protocol: {meta['protocol']}.",
     ]
@@ -135,6 +158,62 @@ def _own_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
+def _with_interval(summary: MetricSummary | None, *, rate: bool) -> str:
+    """``mean [low, high]`` (a metric at the mean's precision, a ``rate`` as throughputs are shown), ``n/a``
+    or a dash."""
+    if summary is not None and summary.not_applicable:
+        return NA
+    if summary is None or summary.mean is None:
+        return DASH
+    mean = fmt_rate(summary.mean) if rate else fmt_value(summary.mean)
+    ci = fmt_ci(summary, rate=rate)
+    return f"{mean} ({ci})" if summary.ci is None else f"{mean} {ci}"
+
+
+def _nfe_table(curves: Sequence[NfeCurve]) -> list[str]:
+    header = ["model · sampler", "row", "NFE", "seeds"]
+    for key, title in NFE_PANELS:
+        direction = next((s.direction for c in curves for r in c.rows if (s := panel_summary(r, key))), "max")
+        header.append(f"{title} {arrow(direction)}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for curve in curves:
+        for row in curve.rows:
+            summaries = [row.metrics.get(key) or row.cost_summaries.get(key) for key, _ in NFE_PANELS]
+            cells = [
+                _cell(curve.label),
+                _cell(row_label(row)),
+                f"{nfe(row):,.0f}",
+                str(len(row.seeds)),
+                *[_with_interval(s, rate=key in INTERVAL_COSTS)
+                  for (key, _), s in zip(NFE_PANELS, summaries, strict=True)],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _nfe_lines(dataset: str, rows: Sequence[Row]) -> list[str]:
+    """Per protocol, the quality-versus-NFE table (one trained model sampled at two or more NFE), else one
+    sentence saying which rows would make it; nothing for a dataset without complete runs."""
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        by_protocol[row.protocol_id].append(row)
+    blocks: list[str] = []
+    for pid in protocol_order(rows):
+        protocol_rows = by_protocol[pid]
+        curves = nfe_curves(protocol_rows)
+        name = _cell(short_protocol(protocol_rows[0]))
+        if shows_nfe(curves):
+            blocks += [f"**{name}**", "", *_nfe_table(curves), ""]
+        elif (sentence := missing_sentence(protocol_rows)) is not None:
+            blocks += [f"**{name}**: {sentence}", ""]
+    if not blocks:
+        return []
+    intro = ("Rows of one trained model sampled at different NFE (network function evaluations per "
+             "sample), grouped by sampler family (one line each in `index.html`): mean over seeds with the "
+             "95% interval of the mean, as above; samples/s as measured on the device each run sampled on.")
+    return [f"### {dataset}: quality versus NFE", "", intro, "", *blocks]
+
+
 def _published_table(rows: Sequence[Row]) -> list[str]:
     columns = metric_columns(rows)
     header = ["model", "family", *_header(columns, rows), "source"]
@@ -180,6 +259,7 @@ def render_board_markdown(board: Board, analysis: str | None = None) -> str:
             findings = summary_markdown(own, dataset)
             if findings:
                 lines += [f"### {dataset}: findings", "", *findings]
+            lines += _nfe_lines(dataset, own)
         else:
             lines += ["_No runs of this project on this dataset yet._", ""]
         if published:

@@ -62,6 +62,7 @@ _NON_NEGATIVE = ("wdist_density", "wdist_num_elems", "wdist_prop", "amsd_recall"
 METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     **{name: (0.0, 1.0) for name in _FRACTIONS},
     **{name: (0.0, None) for name in _NON_NEGATIVE},
+    "samples_per_second": (0.0, None),  # a cost with an interval (bench.leaderboard.aggregate.INTERVAL_COSTS)
 }
 """``metric -> (lowest, highest)`` value it can take (None: unbounded); metrics not listed are not cut."""
 

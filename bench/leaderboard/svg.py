@@ -1,7 +1,9 @@
 """Inline SVG plots for the HTML board, generated as text: deterministic, testable, no plotting library.
 
-Two plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn, every point labelled)
-and per-metric horizontal bars (mean with confidence-interval whiskers, reference values as dashed lines).
+Three plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn, every point labelled),
+per-metric horizontal bars (mean with confidence-interval whiskers, reference values as dashed lines), and one
+panel of the quality-versus-NFE small multiples (a line per trained model and sampler family over log-scaled
+NFE, with interval whiskers, every line labelled).
 No label is cut short or drawn over another: widths are estimated (:func:`bench.leaderboard.placement.
 text_width`), the plots grow to fit their labels, and point labels are placed clear of each other
 (:func:`bench.leaderboard.placement.place_point_labels`).
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 
 from bench.leaderboard.aggregate import pareto_front
@@ -28,8 +30,8 @@ from bench.leaderboard.placement import (
 )
 
 __all__ = [
-    "FAMILY_COLORS", "Point", "Bar", "family_colors", "scatter_svg", "bars_svg", "nice_ceiling", "nice_ticks",
-    "log_ticks",
+    "FAMILY_COLORS", "Point", "Bar", "Curve", "CurvePoint", "family_colors", "scatter_svg", "bars_svg",
+    "curves_svg", "nice_ceiling", "nice_ticks", "log_ticks",
 ]
 
 # Okabe-Ito colour-blind-safe palette; the usual families keep their colour across datasets and builds.
@@ -69,6 +71,28 @@ class Bar:
     low: float | None = None
     high: float | None = None
     title: str = ""
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One row on a curve: its x (NFE), mean and 95% interval of the mean (None: undefined, one seed)."""
+
+    x: float
+    y: float
+    low: float | None = None
+    high: float | None = None
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A labelled line through points in order of x (a single point is drawn as a point)."""
+
+    label: str
+    family: str
+    points: tuple[CurvePoint, ...]
+    dash: str = ""
+    """``stroke-dasharray`` of the line, telling apart curves of one family (one colour)."""
 
 
 def family_colors(families: Iterable[str]) -> dict[str, str]:
@@ -399,5 +423,151 @@ def bars_svg(
             f'y="{_f(label_top + ASCENT * ref_size)}" font-size="{ref_size:g}" fill="#444" {_HALO} '
             f'style="{_FONT}">{escape(label)}</text></g>'
         )
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _range_axis(values: Sequence[float], *, unit: bool) -> tuple[float, float, list[float]]:
+    """A linear axis around ``values``: ``(lo, hi, ticks)``, padded a little; a fraction stays in 0..1."""
+    a, b = min(values), max(values)
+    pad = max((b - a) * 0.08, 0.02 if unit else (abs(b) * 0.05 or 1.0))
+    a, b = a - pad, b + pad
+    if unit:
+        a, b = max(a, 0.0), min(b, 1.0)
+    ticks = nice_ticks(a, b, 4)
+    return ticks[0], ticks[-1], ticks
+
+
+def curves_svg(
+    curves: Sequence[Curve],
+    colors: Mapping[str, str],
+    *,
+    title: str,
+    x_label: str,
+    x_values: Sequence[float] = (),
+    log_y: bool = False,
+    unit: bool = False,
+    description: str = "",
+    metric: str = "",
+    width: int = 300,
+    height: int = 230,
+) -> str:
+    """One panel of a small-multiples figure: each curve a line through its points in order of x (log10), a
+    whisker per point from its interval, every curve labelled beside its last point, clear of the other labels
+    and markers. Curves without points in this panel are not drawn, but still size it, so the panels of one
+    figure share their size.
+
+    Args:
+        curves: The curves; a curve of one point is a point.
+        colors: Family -> colour.
+        title: Panel title (the metric).
+        x_label: Label of the x axis.
+        x_values: Every x of the figure, so its panels share the x axis (default: this panel's).
+        log_y: A log10 y axis (a rate), else linear.
+        unit: The values are fractions: a linear axis kept within 0..1.
+        description: Tooltip of the title.
+        metric: The ``data-metric`` attribute of the panel.
+        width: Minimum width in pixels (it grows until the longest label fits beside any point).
+        height: Minimum height in pixels (it grows with the number of curves).
+    """
+    size, radius, gap = 10.0, 4.0, 7.0
+    if log_y:  # a log axis has no place for a rate of 0
+        curves = [replace(c, points=tuple(p for p in c.points if p.y > 0)) for c in curves]
+    shown = [c for c in curves if c.points]
+    ys = [v for c in shown for p in c.points for v in (p.y, p.low, p.high) if v is not None]
+    if log_y:
+        lo_y, hi_y = _log_domain([v for v in ys if v > 0] or [1.0])
+        y_ticks = log_ticks(lo_y, hi_y)
+    else:
+        lo_y, hi_y, y_ticks = _range_axis(ys or [0.0, 1.0], unit=unit)
+    tick_w = max(text_width(_tick_label(round(t, 6)), 11) for t in y_ticks)
+    # room for tick labels up to "10,000", so the panels of one figure line up and share their width
+    left, right, top, bottom = int(math.ceil(max(tick_w, text_width("10,000", 11)) + 14)), 10, 28, 40
+    widths = [text_width(c.label, size) for c in curves]
+    pw = max(width - left - right, int(math.ceil(2 * (max(widths, default=0) + gap + 4))))
+    ph = max(height - top - bottom, needed_height(len(curves), size))
+    width, height = left + pw + right, top + ph + bottom
+    lo, hi = _log_domain(list(x_values) or [p.x for c in shown for p in c.points])
+
+    def sx(x: float) -> float:
+        return left + (math.log10(x) - lo) / (hi - lo) * pw
+
+    def sy(y: float) -> float:
+        if log_y:
+            return top + (1 - (math.log10(y) - lo_y) / (hi_y - lo_y)) * ph
+        return top + (1 - (y - lo_y) / (hi_y - lo_y)) * ph
+
+    bottom_y = 10**lo_y if log_y else lo_y
+    top_y = 10**hi_y if log_y else hi_y
+    tip = escape(description or title)
+    out = [
+        f'<svg class="plot nfe-panel" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" style="max-width:min(100%,{width}px)" data-metric="{escape(metric)}">',
+        f"<title>{tip}</title>",
+        f'<text class="panel-title" x="{left}" y="18" font-size="13" font-weight="600" style="{_FONT}">'
+        f"{escape(title)}</text>",
+        f'<g font-size="11" style="{_FONT}" fill="#555">',
+    ]
+    shown_until = -math.inf
+    for tick in log_ticks(lo, hi):
+        x = sx(tick)
+        out.append(f'<line x1="{_f(x)}" y1="{top}" x2="{_f(x)}" y2="{top + ph}" stroke="#e5e5e5"/>')
+        text = _tick_label(tick)
+        half = text_width(text, 11) / 2
+        if x - half > shown_until + 6:
+            out.append(f'<text x="{_f(x)}" y="{top + ph + 15}" text-anchor="middle">{text}</text>')
+            shown_until = x + half
+    for tick in y_ticks:
+        y = sy(tick)
+        out.append(
+            f'<line x1="{left}" y1="{_f(y)}" x2="{left + pw}" y2="{_f(y)}" stroke="#e5e5e5"/>'
+            f'<text x="{left - 6}" y="{_f(y + 4)}" text-anchor="end">{_tick_label(round(tick, 6))}</text>'
+        )
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    out.append(
+        f'<text x="{_f(left + pw / 2)}" y="{height - 8}" text-anchor="middle">{escape(x_label)}</text></g>'
+    )
+    # each curve is labelled beside its last point; the other markers are kept clear of every label
+    ends = [(sx(c.points[-1].x), sy(c.points[-1].y)) for c in shown]
+    markers = [Box(sx(p.x) - radius, sy(p.y) - radius, sx(p.x) + radius, sy(p.y) + radius)
+               for c in shown for p in c.points[:-1]]
+    bounds = Box(left + 2, top + 2, left + pw - 2, top + ph - 2)
+    placed = place_point_labels(ends, [text_width(c.label, size) for c in shown], bounds, size=size, gap=gap,
+                                radius=radius, taken=markers)
+    for curve, end, lab in zip(shown, ends, placed, strict=True):
+        color = colors.get(curve.family, "#444")
+        part = [f'<g class="nfe-curve" data-family="{escape(curve.family)}">'
+                f"<title>{escape(curve.label)}</title>"]
+        if len(curve.points) > 1:
+            path = " ".join(f"{'M' if i == 0 else 'L'}{_f(sx(p.x))},{_f(sy(p.y))}"
+                            for i, p in enumerate(curve.points))
+            dash = f' stroke-dasharray="{curve.dash}"' if curve.dash else ""
+            part.append(f'<path class="nfe-line" d="{path}" fill="none" stroke="{color}" stroke-width="1.8"'
+                        f"{dash}/>")
+        for p in curve.points:
+            x, y = sx(p.x), sy(p.y)
+            attrs = f'data-nfe="{p.x!r}" data-mean="{p.y!r}"'
+            if p.low is not None and p.high is not None:
+                attrs += f' data-low="{p.low!r}" data-high="{p.high!r}"'
+            part.append(f'<g class="nfe-point" {attrs}><title>{escape(p.title or curve.label)}</title>')
+            if p.low is not None and p.high is not None:  # an end cut at the axis has no cap
+                low_in, high_in = p.low >= bottom_y, p.high <= top_y
+                ya = sy(p.low) if low_in else top + ph
+                yb = sy(p.high) if high_in else top
+                caps = "".join(f" M{_f(x - 3)},{_f(v)} H{_f(x + 3)}"
+                               for v, inside in ((ya, low_in), (yb, high_in)) if inside)
+                part.append(f'<path class="ci" d="M{_f(x)},{_f(ya)} V{_f(yb)}{caps}" stroke="{color}" '
+                            'stroke-width="1.1" fill="none"/>')
+            part.append(f'<circle cx="{_f(x)}" cy="{_f(y)}" r="{radius:g}" fill="{color}" stroke="#fff" '
+                        'stroke-width="1"/></g>')
+        if lab.nudged:
+            x1, y1, x2, y2 = leader(end, lab, radius)
+            part.append(f'<line class="leader" x1="{_f(x1)}" y1="{_f(y1)}" x2="{_f(x2)}" y2="{_f(y2)}" '
+                        'stroke="#777" stroke-width="0.9"/>')
+        part.append(
+            f'<text class="curve-label" x="{_f(lab.x)}" y="{_f(lab.baseline)}" font-size="{size:g}" '
+            f'text-anchor="{lab.anchor}" fill="#222" {_HALO} style="{_FONT}">{escape(curve.label)}</text></g>'
+        )
+        out.append("".join(part))
     out.append("</svg>")
     return "".join(out)
