@@ -33,6 +33,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
   diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
+  disentangle  RUN_DIR [--split test] [--limit N] [--bins 20]: a VAE-family run's MIG against known factors
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -357,7 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.diagnose import main as diagnose_main
 
         return diagnose_main(rest)
-    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list", "diagnose")
+    if command == "disentangle":
+        from bench.disentangle import main as disentangle_main
+
+        return disentangle_main(rest)
+    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list", "diagnose",
+                "disentangle")
     print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 
