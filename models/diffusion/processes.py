@@ -20,6 +20,10 @@ Processes:
 
 - :class:`VPGaussian`: variance-preserving Gaussian (Ho et al. 2020, arXiv:2006.11239; cosine schedule of
   Nichol & Dhariwal 2021, arXiv:2102.09672), epsilon prediction, ancestral steps with the posterior variance.
+- :class:`LearnedVarianceVPGaussian`: the same process with the reverse variances the network learns
+  (Nichol & Dhariwal 2021, section 3.1, eq. 15): the network emits epsilon and an interpolation weight ``v``
+  per coordinate; it also computes the terms of the variational bound (:meth:`~LearnedVarianceVPGaussian.
+  vlb_term`, :meth:`~LearnedVarianceVPGaussian.prior_kl`).
 - :class:`WrappedNormalVE`: variance-exploding wrapped normal on the torus for fractional coordinates (Jiao et
   al. 2023, "Crystal Structure Prediction by Joint Equivariant Diffusion", NeurIPS, arXiv:2309.04475, section
   4.1): ``x_t = (x0 + sigma_t eps) mod 1`` with a geometric ``sigma_t``; the network regresses the score of
@@ -46,9 +50,12 @@ from torch import Tensor
 
 __all__ = [
     "Categorical",
+    "LearnedVarianceVPGaussian",
     "VPGaussian",
     "WrappedNormalVE",
     "categorical_betas",
+    "gaussian_kl",
+    "gaussian_nll",
     "wrapped_normal_score",
     "wrapped_score_norm",
 ]
@@ -63,6 +70,25 @@ def _draw(fn, shape: Sequence[int], generator: torch.Generator | None, device: t
 def _per_sample(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """``values[t]`` shaped to broadcast against ``like`` (``t`` ``[B]``)."""
     return values.to(like.device)[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def gaussian_kl(ratio: Tensor, mean_square: Tensor, sigma2: Tensor, dim: int | Tensor = 1) -> Tensor:
+    """``KL(N(mu_q, q_var I_d) || N(mu_p, sigma2 I_d))`` in nats:
+    ``1/2 [d (r - 1 - log r) + ||mu_q - mu_p||^2 / sigma2]`` with ``r = q_var / sigma2``.
+
+    Args:
+        ratio: ``r``.
+        mean_square: ``||mu_q - mu_p||^2`` (summed over the ``d`` coordinates).
+        sigma2: the second Gaussian's variance.
+        dim: ``d`` (1 for elementwise terms).
+    """
+    return 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + mean_square / sigma2)
+
+
+def gaussian_nll(var: Tensor, square_error: Tensor, dim: int | Tensor = 1) -> Tensor:
+    """``-log N(x; mu, var I_d)`` in nats from ``||x - mu||^2`` (``square_error``):
+    ``1/2 [d log(2 pi var) + ||x - mu||^2 / var]``."""
+    return 0.5 * (dim * torch.log(2.0 * math.pi * var) + square_error / var)
 
 
 class VPGaussian:
@@ -107,6 +133,10 @@ class VPGaussian:
 
     def target(self, noise: Tensor, t: Tensor) -> Tensor:
         return noise
+
+    def epsilon(self, pred: Tensor) -> Tensor:
+        """The epsilon prediction within the network's output for this field (all of it here)."""
+        return pred
 
     def _x0(self, x_t: Tensor, pred: Tensor, a_t: Tensor, clip: bool) -> Tensor:
         """``x0_hat`` from the epsilon prediction, clipped to ``[-clip, clip]`` when asked and bounded."""
@@ -263,8 +293,8 @@ class VPGaussian:
         sigma2 = posterior if variance == "posterior" else beta
         ratio = (1.0 - a_s) / (1.0 - a_t) if variance == "beta" else torch.ones_like(beta)
         c2 = a_s * beta**2 / (1.0 - a_t) ** 2
-        kl = 0.5 * (dim * (ratio - 1.0 - torch.log(ratio)) + c2 * mse / sigma2)
-        decoder = 0.5 * (dim * torch.log(2.0 * math.pi * (1.0 - a_t[:, :1])) + mse / (1.0 - a_t[:, :1]))
+        kl = gaussian_kl(ratio, c2 * mse, sigma2, dim)
+        decoder = gaussian_nll(1.0 - a_t[:, :1], mse, dim)
         costs = torch.where(valid, kl, torch.full_like(kl, math.inf))
         costs[1:, 0] = decoder[1:, 0]
         return costs
@@ -272,6 +302,184 @@ class VPGaussian:
     def corrector_step(self, x_t: Tensor, pred: Tensor, t: Tensor, noise: Tensor, step_lr: float) -> Tensor:
         """No corrector for this field: unchanged."""
         return x_t
+
+
+class LearnedVarianceVPGaussian(VPGaussian):
+    """:class:`VPGaussian` whose reverse steps can take the variances the network learns.
+
+    Nichol & Dhariwal (2021), "Improved Denoising Diffusion Probabilistic Models", ICML, arXiv:2102.09672,
+    section 3.1. The network's output for the field is ``[eps, v]`` concatenated on the last dimension
+    (twice the field's width; ``prediction_type = "eps_v"``): epsilon as for :class:`VPGaussian`, and per
+    coordinate an unconstrained weight ``v`` of the reverse variance (their eq. 15)
+
+    ``Sigma(t -> s) = exp(v log beta + (1 - v) log beta_tilde)``,
+    ``beta = 1 - alpha_bar_t / alpha_bar_s``, ``beta_tilde = (1 - alpha_bar_s) / (1 - alpha_bar_t) beta``,
+
+    so ``v = 0`` is the posterior variance, ``v = 1`` is ``beta``. Between any two steps ``s < t`` these are
+    the respaced betas of their section 4, so a shortened trajectory uses the same ``v`` with its own step's
+    ``beta`` and ``beta_tilde``. At ``s = 0`` the posterior variance is 0; as the authors' code clips its log,
+    ``log beta_tilde`` is there replaced by that of the chain's step ``2 -> 1`` (only the decoder of the bound
+    uses it: samplers add no noise on the step to ``x_0``).
+
+    ``reverse_step(..., variance="learned")`` is the ancestral step with ``Sigma``; every other method reads
+    the epsilon half only, so the DDIM, Analytic-DPM and fixed-variance ancestral steps, the ELBO table of
+    the DP sampler and the Monte Carlo moments apply unchanged. :meth:`vlb_term` and :meth:`prior_kl` are the
+    terms of the variational bound (their eqs. 4-7).
+
+    Args:
+        timesteps: T (at least 2).
+        schedule: ``"cosine"`` or ``"linear"``.
+        clip: bound on ``|x0_hat|`` (as :class:`VPGaussian`).
+    """
+
+    prediction_type = "eps_v"
+    #: ``"learned"`` (eq. 15) or the fixed variances of :class:`VPGaussian`.
+    variances = ("learned", "posterior", "beta")
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", clip: float | None = None) -> None:
+        if timesteps < 2:
+            raise ValueError(f"learned variances need timesteps >= 2 (the clipped beta_tilde of step 1 is "
+                             f"that of step 2), got {timesteps}")
+        super().__init__(timesteps, schedule, clip)
+
+    # ------------------------------------------------------------------ the network's output
+    @staticmethod
+    def split(pred: Tensor) -> tuple[Tensor, Tensor]:
+        """``(eps, v)`` from the network's ``[..., 2 d]`` output."""
+        if pred.shape[-1] % 2:
+            raise ValueError(
+                "a learned-variance field needs [eps, v] (an even last dimension), got shape "
+                f"{tuple(pred.shape)}"
+            )
+        eps, v = pred.chunk(2, dim=-1)
+        return eps, v
+
+    @staticmethod
+    def join(eps: Tensor, v: Tensor) -> Tensor:
+        """The network's output ``[eps, v]`` from its halves (inverse of :meth:`split`)."""
+        return torch.cat([eps, v], dim=-1)
+
+    def epsilon(self, pred: Tensor) -> Tensor:
+        return self.split(pred)[0]
+
+    # ------------------------------------------------------------------ variances
+    def log_beta_pair(self, t: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """``(log beta, log beta_tilde)`` of the steps ``t -> s`` ``[B]`` (float64, on ``t``'s device), with
+        ``beta_tilde`` of ``s = 0`` replaced by that of the step ``2 -> 1``."""
+        a = self.alpha_bars64
+        t_cpu, s_cpu = t.detach().cpu().long(), s.detach().cpu().long()
+        if bool((s_cpu >= t_cpu).any()) or bool((s_cpu < 0).any()) or bool((t_cpu > self.timesteps).any()):
+            raise ValueError(f"need 0 <= s < t <= {self.timesteps}")
+        a_t, a_s = a[t_cpu], a[s_cpu]
+        log_beta = torch.log1p(-a_t / a_s)
+        log_tilde = torch.log1p(-a_s) - torch.log1p(-a_t) + log_beta
+        floor = torch.log1p(-a[1]) - torch.log1p(-a[2]) + torch.log1p(-a[2] / a[1])
+        log_tilde = torch.where(s_cpu == 0, floor, log_tilde)
+        return log_beta.to(t.device), log_tilde.to(t.device)
+
+    def log_variance(self, v: Tensor, t: Tensor, s: Tensor) -> Tensor:
+        """``log Sigma = v log beta + (1 - v) log beta_tilde`` of the steps ``t -> s`` ``[B]`` (eq. 15), in
+        ``v``'s dtype and shape."""
+        log_beta, log_tilde = self.log_beta_pair(t, s)
+        shape = (-1, *([1] * (v.dim() - 1)))
+        log_beta = log_beta.view(shape).to(v.dtype)
+        log_tilde = log_tilde.view(shape).to(v.dtype)
+        return v * log_beta + (1.0 - v) * log_tilde
+
+    # ------------------------------------------------------------------ steps
+    def reverse_step(
+        self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None,
+        variance: str = "posterior", clip: bool = True,
+    ) -> Tensor:
+        """Ancestral step ``t -> s``: the posterior mean of :meth:`VPGaussian.reverse_step` plus
+        ``sqrt(Sigma) noise``, with ``Sigma`` the learned variance (``variance="learned"``) or a fixed one
+        (``"posterior"``, the default as for :class:`VPGaussian`, so a sampler asks for the learned one by
+        name, or ``"beta"``)."""
+        if variance not in self.variances:
+            raise ValueError(f"variance must be one of {self.variances}, got {variance!r}")
+        eps, v = self.split(pred)
+        if variance != "learned":
+            return super().reverse_step(x_t, eps, t, s, noise, variance=variance, clip=clip)
+        mean = super().reverse_step(x_t, eps, t, s, None, clip=clip)
+        if noise is None:
+            return mean
+        return mean + torch.exp(0.5 * self.log_variance(v, t, s)) * noise
+
+    def ddim_step(
+        self, x_t: Tensor, pred: Tensor, t: Tensor, s: Tensor, noise: Tensor | None, eta: float = 0.0,
+        clip: bool = True,
+    ) -> Tensor:
+        """:meth:`VPGaussian.ddim_step` on the epsilon half (also Analytic-DPM's mean)."""
+        return super().ddim_step(x_t, self.epsilon(pred), t, s, noise, eta=eta, clip=clip)
+
+    def denoise(self, x_t: Tensor, pred: Tensor, t: Tensor, clip: bool = True) -> Tensor:
+        """:meth:`VPGaussian.denoise` on the epsilon half."""
+        return super().denoise(x_t, self.epsilon(pred), t, clip)
+
+    def transition_costs(self, x0_mse: Tensor, dim: int, variance: str = "posterior") -> Tensor:
+        """:meth:`VPGaussian.transition_costs` for a fixed variance (``"posterior"`` or ``"beta"``). The
+        learned variances depend on ``x_t``, so one number per step does not give their terms: ``"learned"``
+        is refused."""
+        if variance == "learned":
+            raise ValueError("the ELBO table needs a fixed variance ('posterior' or 'beta'), not 'learned'")
+        return super().transition_costs(x0_mse, dim, variance)
+
+    # ------------------------------------------------------------------ the variational bound
+    def vlb_term(
+        self, x0: Tensor, x_t: Tensor, pred: Tensor, t: Tensor, clip: bool = False, decoder: str = "gaussian"
+    ) -> Tensor:
+        """The bound's term ``L_{t-1}`` of each sample ``[B]`` (float64, nats, summed over the field's
+        coordinates) at steps ``t`` ``[B]`` in ``1..T`` (Nichol & Dhariwal, eqs. 5-6).
+
+        For ``t >= 2``: ``KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))`` of two diagonal Gaussians, the
+        posterior (variance ``beta_tilde``) and the model's step (the posterior mean at ``x0_hat``, variance
+        ``Sigma``): :func:`gaussian_kl` per coordinate, the means differing by ``c (x0 - x0_hat)`` with
+        ``c = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)`` (as :meth:`VPGaussian.transition_costs`).
+        For ``t = 1``: the decoder's ``-log p(x0 | x_1)``, its mean ``x0_hat`` and variance ``Sigma(1 -> 0)``:
+
+        - ``"gaussian"``: the density ``N(x0; x0_hat, Sigma)`` (:func:`gaussian_nll`), for continuous values;
+        - ``"categorical"``: for a one-hot scaled to ``{-1, +1}`` on the last dimension, the same Gaussian
+          normalised over the one-hot vertices, ``p(k) = softmax_k(2 x0_hat_k / Sigma_k)`` (the Gaussian's
+          log-density at vertex ``k`` is that plus a constant), a probability of the class.
+
+        Args:
+            x0: clean values (a categorical field: one-hots scaled to ``{-1, +1}``).
+            x_t: ``q_sample(x0, t, noise)``.
+            pred: the network's ``[eps, v]`` at ``x_t``; detach its epsilon half for the paper's
+                stop-gradient on the mean.
+            t: steps ``[B]``.
+            clip: clip ``x0_hat`` to the process's bound (False: the network's own mean, as in training).
+            decoder: ``"gaussian"`` or ``"categorical"``.
+        """
+        if decoder not in ("gaussian", "categorical"):
+            raise ValueError(f"decoder must be 'gaussian' or 'categorical', got {decoder!r}")
+        eps, v = self.split(pred)
+        x0_hat = super().denoise(x_t, eps, t, clip).double()
+        x0, v = x0.double(), v.double()
+        s = t - 1
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        a_t = self.alpha_bars64.to(x0.device)[t].view(shape)
+        a_s = self.alpha_bars64.to(x0.device)[s].view(shape)
+        log_sigma2 = self.log_variance(v, t, s)
+        sigma2 = torch.exp(log_sigma2)
+        _, log_tilde = self.log_beta_pair(t, s)
+        ratio = torch.exp(log_tilde.view(shape) - log_sigma2)
+        c = a_s.sqrt() * (1.0 - a_t / a_s) / (1.0 - a_t)
+        square = (x0 - x0_hat) ** 2
+        kl = gaussian_kl(ratio, c**2 * square, sigma2).flatten(1).sum(1)
+        if decoder == "gaussian":
+            nll = gaussian_nll(sigma2, square).flatten(1).sum(1)
+        else:
+            logp = torch.log_softmax(2.0 * x0_hat / sigma2, dim=-1)
+            nll = -logp.gather(-1, x0.argmax(dim=-1, keepdim=True)).flatten(1).sum(1)
+        return torch.where(t.to(kl.device) == 1, nll, kl)
+
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """``L_T = KL(q(x_T | x0) || N(0, I))`` of each sample ``[B]`` (float64, nats; no parameters)."""
+        x0 = x0.double()
+        a = self.alpha_bars64[self.timesteps].to(x0.device)
+        ratio = (1.0 - a).expand_as(x0)
+        return gaussian_kl(ratio, a * x0**2, torch.ones_like(x0)).flatten(1).sum(1)
 
 
 def wrapped_normal_score(x: Tensor, sigma: Tensor, images: int = 10) -> Tensor:

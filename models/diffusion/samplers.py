@@ -152,7 +152,9 @@ class AncestralSampler(_SteppedSampler):
     Args:
         steps: number of reverse steps (``None``: every training step, T).
         variance: ``"posterior"`` (``beta_tilde_t``) or ``"beta"`` (``beta_t``), the paper's two choices; the
-            latter applies to Gaussian processes only.
+            latter applies to Gaussian processes only. ``"learned"``: the variances the network predicts
+            (Nichol & Dhariwal 2021, eq. 15, respaced as their section 4), for
+            :class:`~bench.models.diffusion.processes.LearnedVarianceVPGaussian` fields only.
         clip_denoised: clip ``x0_hat`` of bounded fields to their process's range before each update (False
             applies to Gaussian processes only).
     """
@@ -163,8 +165,8 @@ class AncestralSampler(_SteppedSampler):
     def __init__(
         self, steps: int | None = None, variance: str = "posterior", clip_denoised: bool = True
     ) -> None:
-        if variance not in ("posterior", "beta"):
-            raise ValueError(f"variance must be 'posterior' or 'beta', got {variance!r}")
+        if variance not in ("posterior", "beta", "learned"):
+            raise ValueError(f"variance must be 'posterior', 'beta' or 'learned', got {variance!r}")
         super().__init__(steps)
         self.variance = variance
         self.clip_denoised = clip_denoised
@@ -176,6 +178,14 @@ class AncestralSampler(_SteppedSampler):
             options["variance"] = self.variance
         if not self.clip_denoised:
             options["clip"] = False
+        if self.variance == "learned":
+            fixed = {k: type(p).__name__ for k, p in processes.items()
+                     if "learned" not in getattr(p, "variances", ())}
+            if fixed:
+                raise TypeError(
+                    "AncestralSampler(variance='learned') needs a process with learned variances for every "
+                    "field; " + ", ".join(f"{k} is {name}" for k, name in sorted(fixed.items()))
+                )
         others = {k: type(p).__name__ for k, p in processes.items() if not isinstance(p, VPGaussian)}
         if options and others:
             raise TypeError(
@@ -326,7 +336,7 @@ def monte_carlo_moments(
         x_t = {k: processes[k].q_sample(clean[k], t, eps[k]) for k in fields}
         pred = predictor(x_t, t)
         for k in fields:
-            square = pred[k].detach().double().pow(2).flatten(1).sum(1) / dims[k]
+            square = processes[k].epsilon(pred[k]).detach().double().pow(2).flatten(1).sum(1) / dims[k]
             x0_hat = processes[k].denoise(x_t[k], pred[k].detach(), t, clip)
             error = (clean[k] - x0_hat).double().pow(2).flatten(1).sum(1)
             out["gamma"][k].index_add_(0, index, square.cpu())
