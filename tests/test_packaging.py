@@ -3,6 +3,7 @@ inside."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,18 @@ from tests.conftest import REPO_ROOT
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy of the sources alone: an in-tree build/ folder left by an earlier build would put
+    # stale modules into the wheel and hide a package missing from pyproject.toml
+    source = tmp_path_factory.mktemp("source") / "matgenbench"
+    skip = {"build", "dist", "outputs", "leaderboard", "tests", ".git", ".venv", ".cache"}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        top = Path(folder) == REPO_ROOT
+        return {n for n in names if (top and n in skip) or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO_ROOT, source, ignore=ignore)
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-           str(REPO_ROOT)]
+           str(source)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{result.stderr[-3000:]}")
@@ -34,6 +45,21 @@ def test_wheel_has_one_import_root(wheel: Path) -> None:
                    "bench/conf/trainer/cpu.yaml", "bench/metrics/data/cdvae_comp_scaler.json",
                    "bench/metrics/data/smact_2_2_1_oxidation_states.json"):
         assert needed in names, f"{needed} missing from the wheel"
+
+
+def test_wheel_ships_every_source_module_and_config(wheel: Path) -> None:
+    """A sub-package missing from pyproject's package list installs in editable mode and breaks a regular
+    install: every module and config of the tree must be in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    roots = {"bench": "bench", "models": "bench/models", "datasets": "bench/datasets", "conf": "bench/conf"}
+    missing = []
+    for source, installed in roots.items():
+        for path in (REPO_ROOT / source).rglob("*"):
+            if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+                rel = path.relative_to(REPO_ROOT / source).as_posix()
+                if f"{installed}/{rel}" not in names:
+                    missing.append(f"{source}/{rel}")
+    assert not missing, f"in the tree but not in the wheel (add the package to pyproject.toml): {missing}"
 
 
 def test_installed_copy_imports_and_composes(wheel: Path, tmp_path: Path) -> None:
