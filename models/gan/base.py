@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from bench.models.backbone import CrystalTransformer
 from bench.models.base import FIELDS, GenerativeModule, OptimizerFactory
+from bench.models.condition_channel import ConditionChannel
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -86,7 +87,7 @@ def critic_gradient_penalty(
     return (norm - 1.0).pow(2).mean()
 
 
-class CrystalGAN(GenerativeModule):
+class CrystalGAN(ConditionChannel, GenerativeModule):
     """A GAN with manual optimisation: one critic update per batch, one generator update every ``n_critic``.
 
     Each training batch feeds one critic step (fresh real data per critic iteration); every ``n_critic``-th
@@ -170,7 +171,7 @@ class CrystalGAN(GenerativeModule):
         self.clip_value = None if clip_value is None else float(clip_value)
         self.site_noise = bool(site_noise)
         self.hard_types = bool(hard_types)
-        self.condition_dim = int(condition_dim)
+        self.init_condition_channel(int(condition_dim))  # condition_dim and, with C > 0, the condition_bank
         self.condition_embed_dim = int(condition_embed_dim)
         self.generator, self.critic = self.build_networks(backbone)
         self.generator_condition: nn.Module | None = None
@@ -180,9 +181,6 @@ class CrystalGAN(GenerativeModule):
             width = self.condition_width
             self.generator_condition = nn.Sequential(nn.Linear(self.condition_dim, width), nn.ReLU())
             self.critic_condition = nn.Sequential(nn.Linear(self.condition_dim, width), nn.ReLU())
-            # The standardised conditions of the training set (rows), filled by fit_data; sampling without a
-            # condition draws from them. Its length is the training set's, so loading resizes it.
-            self.register_buffer("condition_bank", torch.zeros(0, self.condition_dim))
         # Counts critic updates, so the generator cadence survives a checkpoint resume.
         self.register_buffer("critic_updates", torch.zeros((), dtype=torch.long))
 
@@ -271,7 +269,7 @@ class CrystalGAN(GenerativeModule):
     def generator_cond(self, noise: Tensor, condition: Tensor | None) -> Tensor:
         """The generator's conditioning vector: the noise ``[B, noise_dim]``, joined with the condition's
         hidden layer, ``[z, h_G(y)]``, when the model is conditional."""
-        self._check_condition(condition, noise.shape[0])
+        self.check_condition(condition, noise.shape[0])
         if self.generator_condition is None:
             return noise
         return torch.cat([noise, self.generator_condition(condition)], dim=-1)
@@ -279,99 +277,8 @@ class CrystalGAN(GenerativeModule):
     def critic_cond(self, condition: Tensor | None, size: int) -> Tensor | None:
         """The critic's conditioning vector ``h_D(y)`` for ``size`` crystals (None for an unconditional
         model)."""
-        self._check_condition(condition, size)
+        self.check_condition(condition, size)
         return None if self.critic_condition is None else self.critic_condition(condition)
-
-    def batch_condition(self, batch: Mapping[str, Tensor]) -> Tensor | None:
-        """The training batch's ``condition`` ``[B, C]`` for a conditional model, None otherwise.
-
-        Raises:
-            ValueError: the model is conditional and the batch has no ``condition`` field, or one of another
-                width.
-        """
-        if self.condition_dim == 0:
-            return None
-        if "condition" not in batch:
-            raise ValueError(
-                f"{type(self).__name__} was built with condition_dim={self.condition_dim} but the batch has "
-                "no 'condition' field: set representation.condition to the property columns it was built for"
-            )
-        condition = batch["condition"]
-        self._check_condition(condition, batch["lattice"].shape[0])
-        return condition.to(self.device, torch.float32)
-
-    def sample_condition(
-        self, n: int, generator: torch.Generator | None, condition: Any = None
-    ) -> Tensor | None:
-        """The ``[n, C]`` conditions of a sampling call: ``condition`` checked, or, when it is None, rows of
-        the training set's conditions drawn uniformly from ``generator`` (None for an unconditional model).
-
-        Raises:
-            ValueError: a condition for a model built without one, or a condition that is not ``[n, C]``
-                finite values.
-            RuntimeError: no condition was given and :meth:`fit_data` never filled the training conditions.
-        """
-        if self.condition_dim == 0:
-            if condition is not None:
-                raise ValueError(
-                    f"{type(self).__name__} was built without a condition (condition_dim=0), so it is "
-                    "unconditional: pass condition=None, or train it with representation.condition"
-                )
-            return None
-        if condition is None:
-            bank = self.condition_bank
-            if bank.shape[0] == 0:
-                raise RuntimeError(
-                    "no training conditions to draw from: call fit_data(training batch) before sampling "
-                    "(bench.train does), load a checkpoint of a trained run, or pass condition=[n, C]"
-                )
-            device = generator.device if generator is not None else bank.device
-            index = torch.randint(bank.shape[0], (n,), generator=generator, device=device)
-            return bank[index.to(bank.device)]
-        condition = torch.as_tensor(condition, dtype=torch.float32, device=self.device)
-        self._check_condition(condition, n)
-        if not bool(torch.isfinite(condition).all()):
-            raise ValueError("condition has NaN or infinite values")
-        return condition
-
-    def _check_condition(self, condition: Tensor | None, size: int) -> None:
-        """One-line errors for a condition the model cannot take: missing, unexpected or of the wrong
-        shape."""
-        if self.condition_dim == 0:
-            if condition is not None:
-                raise ValueError(
-                    f"{type(self).__name__} is unconditional (condition_dim=0): pass no condition"
-                )
-            return
-        if condition is None:
-            raise ValueError(
-                f"{type(self).__name__} is conditional (condition_dim={self.condition_dim}): pass a condition"
-            )
-        if condition.dim() != 2 or tuple(condition.shape) != (size, self.condition_dim):
-            raise ValueError(
-                f"condition must be [{size}, {self.condition_dim}] standardised values (one row per crystal, "
-                f"one column per condition property), got shape {list(condition.shape)}"
-            )
-
-    def fit_data(self, data: Mapping[str, Tensor]) -> None:
-        """Keep the training set's standardised conditions (a conditional model), so sampling without a
-        condition draws from their empirical distribution; saved in checkpoints."""
-        super().fit_data(data)
-        if self.condition_dim > 0:
-            condition = self.batch_condition(data)
-            self.condition_bank = condition.detach().to(self.condition_bank.device, torch.float32).clone()
-
-    def _load_from_state_dict(
-        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        """Resize the training conditions to the checkpoint's before loading them (their number is the
-        training set's size)."""
-        key = prefix + "condition_bank"
-        if self.condition_dim > 0 and key in state_dict:
-            self.condition_bank = torch.zeros(
-                state_dict[key].shape, dtype=self.condition_bank.dtype, device=self.condition_bank.device
-            )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def generator_parameters(self) -> Iterator[nn.Parameter]:
         """The generator's weights (with the condition's hidden layer), trained by the generator optimiser."""
