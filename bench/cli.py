@@ -31,6 +31,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   leaderboard  build | show [--dataset D] [--protocol P] [--sort METRIC] [--metrics M,...|all]: the board
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
+  rescore      RECORD.json|FOLDER [--write]: score a record's shipped samples again with this code, compare
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
   diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
   disentangle  RUN_DIR [--split test] [--limit N] [--bins 20]: a VAE-family run's MIG against known factors
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    if command in (*HYDRA_COMMANDS, "reproduce"):
+    if command in (*HYDRA_COMMANDS, "reproduce", "rescore"):
         from bench.records import code_version
 
         code_version()  # records name the code this process started with, even if the checkout changes later
@@ -350,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.reproduce import main as reproduce_main
 
         return reproduce_main(rest)
+    if command == "rescore":
+        from bench.rescore import main as rescore_main
+
+        return rescore_main(rest)
     if command == "list":
         from bench.catalog import main as list_main
 
@@ -362,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.disentangle import main as disentangle_main
 
         return disentangle_main(rest)
-    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "list", "diagnose",
-                "disentangle")
+    commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "rescore", "list",
+                "diagnose", "disentangle")
     print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 

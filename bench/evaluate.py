@@ -311,13 +311,17 @@ def score(
     train_checksums: dict[str, Any] | None = None,
     started: float | None = None,
     likelihood_run: Path | None = None,
+    tables: list[Any] | None = None,
 ) -> tuple[ResultRecord, Path | None]:
-    """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record and per-sample CSV.
+    """Run the metric suite on ``sample_set`` against ``cfg.dataset``; write the record, its per-sample CSV
+    and (for a model's samples) the scored samples beside it, compressed
+    (:func:`bench.rescore.ship_samples`), so ``matgenbench rescore`` can score them again.
 
     With requested property values in ``sample_set`` or targets in ``evaluate.condition``, ``cond_hit_rate``
     is scored too (:func:`condition_targets`) and the variant names them, unless ``evaluate.variant`` is set.
     With ``likelihood_run`` (the trained run the samples came from) the test split's ``nll_test`` is added
-    when the run's model declares a likelihood (:func:`bench.likelihood.likelihood_entry`).
+    when the run's model declares a likelihood (:func:`bench.likelihood.likelihood_entry`). ``tables``, when
+    given, receives the per-sample table (a DataFrame).
     """
     from bench.metrics import run_metrics
 
@@ -373,11 +377,17 @@ def score(
         config_hash=config_hash(cfg),
         kind=kind,
     )
+    frame = report.per_sample.copy()
+    frame.insert(0, "id", sample_set.ids[: len(frame)])
+    frame.insert(1, "build_failure", sample_set.reasons[: len(frame)])
     path = None
     if cfg.record.get("write", True):
         path = write_record(record, results_dir(cfg))
-        frame = report.per_sample.copy()
-        frame.insert(0, "id", sample_set.ids[: len(frame)])
-        frame.insert(1, "build_failure", sample_set.reasons[: len(frame)])
         atomic_write_text(path.with_suffix(".samples.csv"), frame.to_csv(index=False))
+        if kind != "reference":  # references are the data splits or a seeded draw: re-derived, not shipped
+            from bench.rescore import ship_samples
+
+            ship_samples(path, sample_set)
+    if tables is not None:
+        tables.append(frame)
     return record, path

@@ -1,11 +1,21 @@
-"""Re-score a stored metric of result records from their per-structure tables, without re-running anything.
+"""Re-score result records with the current metric code, from the samples shipped beside them.
 
-``python -m bench.rescore [RESULTS_DIR]`` (default ``leaderboard/results``) recomputes ``vun_rate`` for every
-``complete`` record that has its ``*.samples.csv`` beside it: per structure, valid AND unique AND novel
-(:func:`bench.metrics.novelty.vun_flags`, the definition the metric suite uses), over all requested samples.
-The record's ``vun_rate`` entry is replaced (version :attr:`bench.metrics.novelty.VUNRate.version`, with
-``rescored_from`` naming the table); nothing else in the record changes. It prints one line per record,
-``before -> after``, where "before" is the board's old product valid × unique × novel.
+``matgenbench rescore RECORD.json ...`` (or a folder of records) reads each record's scored samples, checks
+that they are the structures the record scored (its ``samples_sha256``), scores them again with the record's
+own resolved config and the metric code of this checkout, and prints recorded vs re-scored values side by
+side. Nothing is trained or sampled, so any metric change can be re-checked on the whole board in minutes.
+
+- Model rows: the samples are the ``<record>.generated.csv.xz`` beside the record (written by ``evaluate``
+  when it writes a record: the scored samples CSV, compressed; :func:`ship_samples`), or ``--samples FILE``.
+- Reference rows: Test / Copy are the data splits themselves and Random is a seeded draw, so their structures
+  are drawn again (:func:`bench.references.reference_samples`) rather than shipped (the project ships no copy
+  of the datasets); the digest check still applies.
+- ``nll_test`` needs the trained checkpoint; it is carried over, never re-scored, and the table says so.
+- ``--write`` replaces the record's metrics (and its per-structure table) with the re-scored ones and notes
+  the re-scoring in its provenance; without it nothing is written.
+
+The older ``--vun-from-tables`` mode recomputes only ``vun_rate`` from each record's per-structure table
+(``*.samples.csv``); it migrated the board when ``vun_rate`` became a per-structure metric.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +33,10 @@ import pandas as pd
 
 from bench.io_utils import atomic_write_json, read_json
 
-__all__ = ["Rescored", "product_vun", "rescore_vun", "rescore_vun_record", "main"]
+__all__ = [
+    "SHIPPED_SUFFIX", "NOT_RESCORED", "RescoreError", "Rescore", "Rescored", "shipped_path", "ship_samples",
+    "rescore_record", "product_vun", "rescore_vun", "rescore_vun_record", "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,23 +138,254 @@ def rescore_vun(results_dir: str | Path, *, write: bool = True) -> list[Rescored
     return [rescore_vun_record(p, write=write) for p in sorted(Path(results_dir).rglob("*.json"))]
 
 
+SHIPPED_SUFFIX = ".generated.csv.xz"
+"""The file beside a record (``<record>.generated.csv.xz``) that holds the samples it scored."""
+
+NOT_RESCORED = ("nll_test",)
+"""Metrics that need more than the samples (the trained checkpoint): carried over by a re-score."""
+
+
+class RescoreError(Exception):
+    """A record that cannot be re-scored; the message names the record and what would fix it."""
+
+
+@dataclass
+class Rescore:
+    """One record's re-score: the record, where its samples came from, and each metric's check."""
+
+    record: Path
+    samples: str
+    checks: list[Any]
+    carried: list[str]
+
+    @property
+    def exact(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def shipped_path(record_path: str | Path) -> Path:
+    """``<record>.generated.csv.xz``: where the samples a record scored are shipped."""
+    return Path(record_path).with_suffix(SHIPPED_SUFFIX)
+
+
+def ship_samples(record_path: str | Path, sample_set: Any) -> Path:
+    """Write the samples ``sample_set`` holds beside the record at ``record_path``, xz-compressed.
+
+    A samples CSV (this project's, or any CSV with a ``cif`` column) is compressed byte for byte, so what is
+    shipped is exactly what was scored; other formats are written as this project's samples CSV first.
+    """
+    import lzma
+    import tempfile
+
+    from bench.io_utils import atomic_write_bytes
+    from bench.structures_io import write_samples_csv
+
+    source = Path(str(sample_set.source))
+    target = shipped_path(record_path)
+    if source.is_file() and source.suffix.lower() == ".csv":
+        raw = source.read_bytes()
+    else:
+        from bench.datasets import DecodeFailure
+
+        items: list[Any] = []
+        for i, (structure, reason) in enumerate(zip(sample_set.structures, sample_set.reasons, strict=True)):
+            if structure is not None:
+                items.append(structure)
+                continue
+            comp = (sample_set.compositions[i] if sample_set.compositions else None) or {}
+            species = tuple(el for el, n in sorted(comp.items()) for _ in range(int(round(n))))
+            items.append(DecodeFailure(reason or "no structure", i, species))
+        with tempfile.TemporaryDirectory() as tmp:
+            written = write_samples_csv(Path(tmp) / "samples.csv", items, conditions=sample_set.conditions)
+            raw = written.read_bytes()
+    atomic_write_bytes(target, lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME))
+    return target
+
+
+def _config_here(record: Any, data_dir: Path | None) -> Any:
+    """The record's resolved config with this machine's data and cache paths; writes nothing."""
+    from omegaconf import OmegaConf
+
+    from bench.config import compose
+
+    if not record.config:
+        raise RescoreError("the record has no resolved config (`config` is empty); it cannot be re-scored")
+    cfg = OmegaConf.create(dict(record.config))
+    here = compose([])
+    cfg.paths = here.paths
+    if data_dir is not None:
+        cfg.paths.data_dir = str(data_dir)
+    cfg.record = {"write": False, "regenerate_board": False}
+    return cfg
+
+
+def _samples_of(record: Any, path: Path, cfg: Any, samples: Path | None) -> Any:
+    """The structures the record scored: drawn again for a reference row, else read from the shipped file."""
+    from bench.structures_io import read_samples
+
+    if record.kind == "reference" and samples is None:
+        from bench.references import REFERENCE_KINDS, reference_samples
+        from bench.runtime import seed_everything
+
+        kind = cfg.get("reference")
+        if kind not in REFERENCE_KINDS:
+            raise RescoreError(
+                f"{path}: a reference record without a known `reference` ({kind}) in its config"
+            )
+        seed_everything(int(cfg.seed))
+        return reference_samples(cfg, kind)
+    source = samples if samples is not None else shipped_path(path)
+    if not source.exists():
+        raise RescoreError(
+            f"{path}: no samples to re-score ({source.name} is not beside the record); pass --samples FILE "
+            "with the samples it scored"
+        )
+    return read_samples(source)
+
+
+def rescore_record(
+    path: str | Path, *, samples: str | Path | None = None, data_dir: str | Path | None = None,
+    write: bool = False, metrics: Sequence[str] | None = None,
+) -> Rescore:
+    """Score the samples the record at ``path`` scored again, with its config and this checkout's metrics.
+
+    Args:
+        metrics: Re-score only these of the record's metrics (the others are listed as carried over), e.g.
+            the cheap ones for a quick check; None: all. Not with ``write``.
+
+    Raises:
+        RescoreError: the record is not complete, has no samples here, or the samples are not the ones it
+            scored (their digest differs from ``counts.samples_sha256``).
+    """
+    from bench.evaluate import score
+    from bench.io_utils import atomic_write_text
+    from bench.records import ResultRecord, scrub_machine_paths
+    from bench.reproduce import compare_metrics
+    from bench.structures_io import samples_digest
+
+    path = Path(path)
+    if write and metrics:
+        raise RescoreError(f"{path}: --write replaces every metric; drop --metrics to write them all")
+    data = read_json(path)
+    record = ResultRecord.from_dict(data)
+    if record.status != "complete":
+        raise RescoreError(f"{path}: status {record.status!r}; only complete records have metrics to rescore")
+    cfg = _config_here(record, None if data_dir is None else Path(data_dir))
+    if metrics:
+        unknown = sorted(set(metrics) - set(cfg.metrics.names))
+        if unknown:
+            raise RescoreError(f"{path}: the record's metrics do not include {', '.join(unknown)} (it has: "
+                               f"{', '.join(cfg.metrics.names)})")
+        cfg.metrics.names = [name for name in cfg.metrics.names if name in set(metrics)]
+    sample_set = _samples_of(record, path, cfg, None if samples is None else Path(samples))
+    recorded_digest = (record.counts or {}).get("samples_sha256")
+    digest = samples_digest(sample_set)
+    if recorded_digest and digest != recorded_digest:
+        raise RescoreError(
+            f"{path}: {sample_set.source} holds other structures than the record scored (samples_sha256 "
+            f"{digest[:12]}..., recorded {recorded_digest[:12]}...); pass the samples it scored"
+        )
+    tables: list[Any] = []
+    new, _ = score(cfg, sample_set, model=record.model, family=record.family, variant=record.variant,
+                   kind=record.kind, tables=tables)
+    carried = [name for name in record.metrics
+               if name in NOT_RESCORED or (metrics and name not in new.metrics)]
+    recorded = {k: v for k, v in record.metrics.items() if k not in carried}
+    checks = compare_metrics(recorded, new.metrics, exact=True)
+    result = Rescore(path, str(sample_set.source), checks, carried)
+    if write:
+        data["metrics"] = {**new.metrics, **{k: record.metrics[k] for k in carried}}
+        data["metric_settings"] = new.metric_settings
+        data["counts"] = {**new.counts, "samples_file": record.counts.get("samples_file")}
+        history = list((data.get("provenance") or {}).get("rescored") or [])
+        history.append({"created": new.created, "from": Path(result.samples).name, "exact": result.exact,
+                        **{k: v for k, v in new.provenance.items() if k in ("git_commit", "versions")}})
+        data.setdefault("provenance", {})["rescored"] = history
+        atomic_write_json(path, scrub_machine_paths(data))
+        atomic_write_text(path.with_suffix(".samples.csv"), tables[0].to_csv(index=False))
+    return result
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _num(x: float | None) -> str:
+    return "—" if x is None else f"{x:.6g}"
+
+
+def render_rescore(result: Rescore) -> str:
+    """Recorded vs re-scored metrics of one record, one line each; differences are marked."""
+    lines = [f"{result.record}: re-scored from {Path(result.samples).name}"]
+    width = max([len(c.name) for c in result.checks] + [6])
+    lines.append(f"  {'metric':<{width}}  {'recorded':>12}  {'re-scored':>12}  {'difference':>11}")
+    for c in result.checks:
+        diff = "" if c.difference is None else f"{c.difference:+.3g}"
+        mark = "" if c.ok else "  <- differs"
+        lines.append(f"  {c.name:<{width}}  {_num(c.recorded):>12}  {_num(c.rerun):>12}  {diff:>11}{mark}")
+    for name in result.carried:
+        why = "needs the trained checkpoint" if name in NOT_RESCORED else "not asked for"
+        lines.append(f"  {name:<{width}}  carried over, not re-scored ({why})")
+    changed = sum(not c.ok for c in result.checks)
+    lines.append("  every metric re-scores exactly" if not changed else f"  {changed} metric(s) differ")
+    return "\n".join(lines)
+
+
+def _records(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for p in paths:
+        found.extend(sorted(p.rglob("*.json")) if p.is_dir() else [p])
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.rescore [RESULTS_DIR] [--dry-run]``: re-score ``vun_rate``, print before -> after."""
-    parser = argparse.ArgumentParser(prog="python -m bench.rescore", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="?", type=Path, default=Path("leaderboard/results"))
-    parser.add_argument("--dry-run", action="store_true", help="compute and print, write nothing")
+    """``matgenbench rescore RECORD.json|FOLDER ... [--samples FILE] [--data-dir DIR] [--write]``.
+
+    Exit status 0 when every record re-scored exactly, 1 when a metric differs, 2 when a record could not be
+    re-scored (the message names it and the fix).
+    """
+    parser = argparse.ArgumentParser(
+        prog="matgenbench rescore", description=__doc__.splitlines()[0],
+        epilog="e.g. matgenbench rescore leaderboard/results/perov_5/nice__perov_5_offline__*.json",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, default=[Path("leaderboard/results")],
+                        help="result records, or folders of them (default: leaderboard/results)")
+    parser.add_argument("--samples", type=Path, help="the samples the record scored, if not beside it")
+    parser.add_argument("--data-dir", type=Path, help="where the dataset files are (else the usual lookup)")
+    parser.add_argument("--metrics", help="re-score only these metrics (comma-separated)")
+    parser.add_argument("--write", action="store_true", help="replace the records' metrics by the new ones")
+    parser.add_argument("--vun-from-tables", action="store_true",
+                        help="older mode: recompute only vun_rate from each record's per-structure table")
+    parser.add_argument("--dry-run", action="store_true", help="with --vun-from-tables: write nothing")
     args = parser.parse_args(argv)
-    if not args.results.is_dir():
-        print(f"rescore: no such folder: {args.results}", file=sys.stderr)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"rescore: no such record or folder: {missing[0]}", file=sys.stderr)
         return 2
-    for item in rescore_vun(args.results, write=not args.dry_run):
-        line = f"{item.path}: vun_rate {_fmt(item.before)} -> {_fmt(item.after)}"
-        print(line + (f" (left alone: {item.note})" if item.note else ""))
-    return 0
+    if args.vun_from_tables:
+        for folder in args.paths:
+            for item in rescore_vun(folder, write=not args.dry_run):
+                line = f"{item.path}: vun_rate {_fmt(item.before)} -> {_fmt(item.after)}"
+                print(line + (f" (left alone: {item.note})" if item.note else ""))
+        return 0
+    records = _records(args.paths)
+    if args.samples is not None and len(records) != 1:
+        print(f"rescore: --samples names one record's samples; {len(records)} records given", file=sys.stderr)
+        return 2
+    status = 0
+    for path in records:
+        try:
+            chosen = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+            result = rescore_record(path, samples=args.samples, data_dir=args.data_dir, write=args.write,
+                                    metrics=chosen)
+        except (RescoreError, ValueError, OSError) as err:
+            print(f"rescore: {err}", file=sys.stderr)
+            status = 2
+            continue
+        print(render_rescore(result))
+        if not result.exact:
+            status = max(status, 1)
+    return status
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pymatgen.core import Structure
 
@@ -140,13 +141,31 @@ def write_samples_csv(
     return path
 
 
+_COMPRESSED_CSV = (".csv.xz", ".csv.gz")
+"""Compressed samples CSVs read as they are (the board ships each record's scored samples as ``.csv.xz``)."""
+
+
+def _open_csv(path: Path) -> Any:
+    """A text handle on a samples CSV, decompressing ``.csv.xz`` / ``.csv.gz``."""
+    name = path.name.lower()
+    if name.endswith(".xz"):
+        import lzma
+
+        return lzma.open(path, "rt", newline="", encoding="utf-8")
+    if name.endswith(".gz"):
+        import gzip
+
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8")
+
+
 def _read_csv(path: Path) -> SampleSet:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     structures: list[Structure | None] = []
     ids: list[str] = []
     reasons: list[str | None] = []
     compositions: list[dict[str, float] | None] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with _open_csv(path) as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None:
             raise SampleFileError(f"{path}: the file is empty; a samples CSV needs a 'cif' column")
@@ -333,7 +352,7 @@ def read_samples(path: str | Path) -> SampleSet:
         raise SampleFileError(f"samples not found: {path} (pass samples=PATH: a CSV, CIF folder or JSON)")
     if path.is_dir():
         sample_set = _read_cif_folder(path)
-    elif path.suffix.lower() == ".csv":
+    elif path.suffix.lower() == ".csv" or path.name.lower().endswith(_COMPRESSED_CSV):
         sample_set = _read_csv(path)
     elif path.suffix.lower() == ".json":
         sample_set = _read_json(path)
@@ -345,7 +364,8 @@ def read_samples(path: str | Path) -> SampleSet:
         sample_set = SampleSet([_parse_cif(path.read_text())], [path.stem], [None], str(path))
     else:
         raise SampleFileError(
-            f"{path}: unsupported samples format '{path.suffix}'; use a .csv with a 'cif' column, a folder "
+            f"{path}: unsupported samples format '{path.suffix}'; use a .csv (or .csv.xz / .csv.gz) with a "
+            "'cif' column, a folder "
             "of .cif files, a .json list of pymatgen structures, an .extxyz file or CDVAE's eval_gen.pt"
         )
     if not sample_set.structures:  # an empty file or a header alone: zero samples are not a result

@@ -1,4 +1,4 @@
-"""Re-scoring ``vun_rate`` of stored records from their per-structure tables (bench.rescore)."""
+"""Re-scoring ``vun_rate`` of stored records from their per-structure tables (``--vun-from-tables``)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_rescore_counts_structures_from_the_table(tmp_path: Path, capsys: pytest
     assert entry["rescored_from"] == record.with_suffix(".samples.csv").name
     assert skipped.after is None and "vun_rate" not in json.loads(lonely.read_text())["metrics"]
     before = record.read_text()
-    assert main([str(tmp_path)]) == 0 and record.read_text() == before  # idempotent
+    assert main(["--vun-from-tables", str(tmp_path)]) == 0 and record.read_text() == before  # idempotent
     assert "vun_rate 0.450 -> 0.400" in capsys.readouterr().out
 
 
@@ -55,4 +55,4 @@ def test_rescore_leaves_incomplete_or_mismatched_records_alone(tmp_path: Path) -
     outcomes = {r.path.name: r for r in rescore_vun(tmp_path, write=True)}
     assert outcomes["f.json"].after is None and "failed" in outcomes["f.json"].note
     assert outcomes["s.json"].after is None and "5 rows" in outcomes["s.json"].note
-    assert main([str(tmp_path / "missing")]) == 2
+    assert main(["--vun-from-tables", str(tmp_path / "missing")]) == 2
