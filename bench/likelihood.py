@@ -10,9 +10,11 @@ than slots, are left out and counted), lets the model fit what its bound needs o
 the per-crystal NLL over the scored crystals. The result is the record's ``nll_test`` metric, in nats per
 crystal, lower is better, with its kind (``exact`` / ``upper_bound``), estimator, space and counts beside it.
 Values in different spaces (:data:`NLL_SPACE_KEY`: e.g. the crystal codec's fields against a token grammar)
-measure different variables and are never compared. Among diffusion models only ``improved_ddpm`` reports
-one (its variational bound, with learned variances); models without a likelihood here (GANs, the other
-diffusion and flow-matching models, CDVAE) get no entry, and the board shows a dash.
+measure different variables and are never compared. Among diffusion models ``improved_ddpm`` (its variational
+bound, with learned variances) and ``vdm`` (its bound with the learned schedule) report one; the continuous
+flows ``cnf`` / ``ffjord`` report an exact ODE likelihood like the coupling flows; models without a
+likelihood here (GANs, the other diffusion and flow-matching models, CDVAE) get no entry, and the board shows
+a dash.
 
 Settings (optional, absent from the default config so that config hashes stay as they were; set with
 ``+evaluate.nll.<key>=...``, which then enters the hash): ``enabled`` (true), ``draws`` (16 Monte Carlo draws

@@ -123,9 +123,9 @@ class GenerativeModule(pl.LightningModule):
     #: refuses a condition for a model that would ignore it.
     conditional: ClassVar[bool] = False
     #: What :meth:`test_nll` reports (None: the model has no tractable likelihood or bound here). GANs have
-    #: none; ``improved_ddpm`` reports its variational bound; the other diffusion and flow-matching models
-    #: (ddpm, d3pm, diffcsp, flowmm) and CDVAE, whose decoder is a denoiser, have variational or ODE bounds
-    #: that are not implemented here, so they report none.
+    #: none; ``improved_ddpm`` and ``vdm`` report their variational bounds; the other diffusion and
+    #: flow-matching models (ddpm, d3pm, diffcsp, flowmm) and CDVAE, whose decoder is a denoiser, have
+    #: variational or ODE bounds that are not implemented here, so they report none.
     likelihood: ClassVar[Likelihood | None] = None
     #: The training stages the model knows, in the order they run (empty: it trains in one stage). A model
     #: config's ``stages`` list says which run and what share of the step budget each gets; the train stage
