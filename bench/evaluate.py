@@ -47,6 +47,14 @@ __all__ = ["evaluate", "condition_targets", "external_name", "score", "build_ref
 log = logging.getLogger(__name__)
 
 
+def _content_key(split: Any) -> str:
+    """What the metric cache keys a reference split by: its file's sha256, plus the row cap when one was
+    applied (a capped split is other structures than the file; without the cap in the key, a quick
+    ``dataset.limit_eval=...`` run would leave reference statistics that a full evaluation then reuses)."""
+    sha = split.checksums.get("sha256", "")
+    return f"{sha}-first{split.limit}" if sha and split.limit is not None else sha
+
+
 def build_reference(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Load the training split (for novelty) and the reference split (for distributions) of ``cfg.dataset``.
 
@@ -62,8 +70,8 @@ def build_reference(cfg: DictConfig) -> tuple[Any, dict[str, Any], dict[str, Any
         name=ds.name,
         train=train.structures,
         test=test.structures,
-        train_checksum=train.checksums.get("sha256", ""),
-        test_checksum=test.checksums.get("sha256", ""),
+        train_checksum=_content_key(train),
+        test_checksum=_content_key(test),
         properties={"test": test.properties, "train": train.properties},
     )
     checksums = {ds.train_split: train.checksums, ds.eval_split: test.checksums}

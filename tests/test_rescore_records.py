@@ -164,3 +164,26 @@ def test_a_metric_subset_is_named_and_cannot_be_written(tiny_record: Path, tmp_p
     assert "drop --metrics" in capsys.readouterr().err
     assert main([str(copy), "--metrics", "nonsense"]) == 2
     assert "do not include nonsense" in capsys.readouterr().err
+
+
+def test_a_row_capped_split_is_cached_apart_from_the_whole_file(data_dir: Path, tmp_path: Path) -> None:
+    """A quick ``dataset.limit_eval`` run must not leave reference statistics that a full evaluation reuses
+    (the metric cache is keyed by the reference's checksum)."""
+    from bench.evaluate import build_reference
+
+    def reference(*extra: str):  # noqa: ANN202
+        cfg = compose(["dataset=perov_5", "dataset.train_split=val", f"paths.data_dir={data_dir}",
+                       f"paths.cache_dir={tmp_path}", *extra])
+        return build_reference(cfg)[0]
+
+    whole = reference()
+    capped = reference("dataset.limit_eval=12", "dataset.limit_train=12")
+    assert len(capped.test) == 12 < len(whole.test)
+    assert capped.test_checksum != whole.test_checksum and capped.train_checksum != whole.train_checksum
+    assert capped.test_checksum.startswith(whole.test_checksum)  # same file, named with its cap
+    from bench.metrics import REGISTRY
+    from bench.metrics.runner import _reference_checksum
+
+    for name in ("jsd_elements", "wdist_density", "cov_recall"):  # test-only and train+test metrics
+        metric = REGISTRY[name]()
+        assert _reference_checksum(metric, capped) != _reference_checksum(metric, whole), name
