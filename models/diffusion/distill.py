@@ -80,13 +80,22 @@ def nested_grid(timesteps: int, steps: int) -> list[int]:
     return [(2 * j * timesteps + steps) // (2 * steps) for j in range(steps + 1)]
 
 
+def _as_rows(values: Tensor, like: Tensor) -> Tensor:
+    """Per-row ``values`` ``[B]`` (formed in float64) in ``like``'s dtype and device, shaped to broadcast
+    against it."""
+    return values.to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
+
+
+def _per_row(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """float64 ``values[t]`` as ``like``'s dtype and device, shaped to broadcast against it."""
+    return _as_rows(values[t.detach().cpu().long()], like)
+
+
 def _alpha_sigma(process: VPGaussian, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """``(alpha_t, sigma_t)`` at steps ``t`` ``[B]`` (formed in float64), shaped to broadcast against
     ``like`` in its dtype and device."""
     a = process.alpha_bars64[t.detach().cpu().long()]
-    shape = (-1, *([1] * (like.dim() - 1)))
-    return (a.sqrt().to(like.dtype).to(like.device).view(shape),
-            (1.0 - a).sqrt().to(like.dtype).to(like.device).view(shape))
+    return _as_rows(a.sqrt(), like), _as_rows((1.0 - a).sqrt(), like)
 
 
 def _clipped(process: VPGaussian, x0: Tensor, clip: bool) -> Tensor:
@@ -121,10 +130,7 @@ def distillation_target(process: VPGaussian, x_t: Tensor, x_s: Tensor, t: Tensor
     t_cpu, s_cpu = t.detach().cpu().long(), s.detach().cpu().long()
     ratio = ((1.0 - a[s_cpu]) / (1.0 - a[t_cpu])).sqrt()
     scale = 1.0 / (a[s_cpu].sqrt() - ratio * a[t_cpu].sqrt())
-    shape = (-1, *([1] * (x_t.dim() - 1)))
-    ratio = ratio.to(x_t.dtype).to(x_t.device).view(shape)
-    scale = scale.to(x_t.dtype).to(x_t.device).view(shape)
-    return scale * (x_s - ratio * x_t)
+    return _as_rows(scale, x_t) * (x_s - _as_rows(ratio, x_t) * x_t)
 
 
 def epsilon_teacher(predictor: Predictor, processes: Mapping[str, VPGaussian]) -> X0Predictor:
@@ -304,11 +310,6 @@ def distill_round(
             losses.append(value)
             bar.set_postfix(loss=f"{value:.4g}", refresh=False)
     return losses
-
-
-def _per_row(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
-    """float64 ``values[t]`` as ``like``'s dtype and device, shaped to broadcast against it."""
-    return values[t.detach().cpu().long()].to(like.dtype).to(like.device).view(-1, *([1] * (like.dim() - 1)))
 
 
 class _RoundCache:
