@@ -243,6 +243,18 @@ def _samples_of(record: Any, path: Path, cfg: Any, samples: Path | None) -> Any:
     return read_samples(source)
 
 
+def _digest_before_cif_compositions(sample_set: Any) -> str:
+    """The digest ``samples_digest`` gave ``sample_set`` when a CIF that pymatgen cannot read was scored
+    without its composition (records scored before the reader kept it); accepted as the same samples."""
+    import dataclasses
+
+    from bench.structures_io import samples_digest
+
+    kept = [None if (reason or "").startswith("unreadable CIF") else comp
+            for reason, comp in zip(sample_set.reasons, sample_set.compositions or [], strict=False)]
+    return samples_digest(dataclasses.replace(sample_set, compositions=kept))
+
+
 def rescore_record(
     path: str | Path, *, samples: str | Path | None = None, data_dir: str | Path | None = None,
     write: bool = False, metrics: Sequence[str] | None = None,
@@ -280,6 +292,9 @@ def rescore_record(
     sample_set = _samples_of(record, path, cfg, None if samples is None else Path(samples))
     recorded_digest = (record.counts or {}).get("samples_sha256")
     digest = samples_digest(sample_set)
+    if digest != recorded_digest and recorded_digest == _digest_before_cif_compositions(sample_set):
+        # the same structures, digested before an unreadable CIF kept its composition: --write updates it
+        digest = recorded_digest
     if recorded_digest and digest != recorded_digest:
         raise RescoreError(
             f"{path}: {sample_set.source} holds other structures than the record scored (samples_sha256 "

@@ -17,6 +17,7 @@ import csv
 import json
 import logging
 import math
+import re
 import sys
 import warnings
 from collections import Counter
@@ -193,6 +194,9 @@ def _read_csv(path: Path) -> SampleSet:
             except Exception as err:
                 structures.append(None)
                 reasons.append(f"unreadable CIF: {err}")
+                # its atoms are still known (CDVAE scores a crystal's composition whatever its geometry)
+                compositions[-1] = (_cif_composition(row["cif"])
+                                    or _composition(row.get("formula"), path, row_no))
     meta_path = Path(f"{path}.meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return SampleSet(structures, ids, reasons, str(path), meta, compositions, conditions)
@@ -228,20 +232,46 @@ def _composition(text: str | None, path: Path, row_no: int) -> dict[str, float] 
         return None
 
 
+_FORMULA_SUM = re.compile(r"^_chemical_formula_sum\s+(?:'([^']*)'|\"([^\"]*)\"|(\S+))", re.MULTILINE)
+
+
+def _cif_composition(text: str) -> dict[str, float] | None:
+    """Element amounts from a CIF's ``_chemical_formula_sum`` (the whole cell's atoms, as pymatgen writes it);
+    None when the tag is missing or unreadable.
+
+    Used for a CIF that cannot be built into a structure (pymatgen refuses, e.g., two sites within its
+    merge tolerance): the item stays struct-invalid and its composition is still scored.
+    """
+    match = _FORMULA_SUM.search(text or "")
+    if match is None:
+        return None
+    from pymatgen.core import Composition
+
+    try:
+        comp = Composition(next(g for g in match.groups() if g is not None))
+        return {el.symbol: float(n) for el, n in comp.element_composition.items()} or None
+    except Exception:  # not a formula pymatgen can read
+        return None
+
+
 def _read_cif_folder(path: Path) -> SampleSet:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif")
     if not files:
         raise SampleFileError(f"{path}: folder holds no .cif files")
     structures: list[Structure | None] = []
     reasons: list[str | None] = []
+    compositions: list[dict[str, float] | None] = []
     for file in files:
+        text = file.read_text()
         try:
-            structures.append(_parse_cif(file.read_text()))
+            structures.append(_parse_cif(text))
             reasons.append(None)
+            compositions.append(None)
         except Exception as err:
             structures.append(None)
             reasons.append(f"unreadable CIF: {err}")
-    return SampleSet(structures, [f.stem for f in files], reasons, str(path))
+            compositions.append(_cif_composition(text))
+    return SampleSet(structures, [f.stem for f in files], reasons, str(path), compositions=compositions)
 
 
 def _read_json(path: Path) -> SampleSet:

@@ -123,3 +123,46 @@ def test_a_run_records_the_thresholds_and_scores_failed_samples_on_their_atoms(t
     assert len(rows) == 10
     assert all(not r["comp_reason"].startswith("not_constructed") for r in rows)  # scored on their atoms
     assert data["metrics"]["comp_valid"]["n_comp_valid"] == sum(r["comp_valid"] == "True" for r in rows)
+
+
+def _sr_ti_o3_with_overlap() -> Structure:
+    """SrTiO3 with two O sites 4e-5 A apart: pymatgen writes it, but refuses to read the CIF back (the two
+    sites merge into one of occupancy 2)."""
+    return Structure(Lattice.cubic(4.0), ["Sr", "Ti", "O", "O", "O"],
+                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0.5, 0.5, 1e-5]])
+
+
+def test_an_unreadable_cif_is_scored_on_its_atoms(tmp_path: Path) -> None:
+    path = write_samples_csv(tmp_path / "samples.csv", [_sr_ti_o3_with_overlap(), _carbon()])
+    back = read_samples(path)
+    assert back.structures[0] is None and back.reasons[0].startswith("unreadable CIF")
+    # the whole cell's atoms, from the CIF's _chemical_formula_sum (not the reduced formula column)
+    assert back.compositions == [{"Sr": 1.0, "Ti": 1.0, "O": 3.0}, None]
+    reference = ReferenceSet("c", [_carbon(3.5)], [_carbon(3.7)])
+    names = {"names": ["struct_valid", "comp_valid", "valid"], "validity": {"require_fingerprint": False}}
+    report = run_metrics(back.structures, reference, names, progress=False, compositions=back.compositions)
+    flags = report.per_sample.set_index("index")
+    # Sr2+ Ti4+ O2- is charge-neutral: comp-valid as CDVAE scores atom types; not built, so not struct-valid
+    assert flags["comp_valid"].tolist() == [True, True]
+    assert flags["struct_valid"].tolist() == [False, True]
+    assert flags["formula"].tolist()[0] == "SrTiO3"
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "a.cif").write_text(_sr_ti_o3_with_overlap().to(fmt="cif"))
+    assert read_samples(folder).compositions == [{"Sr": 1.0, "Ti": 1.0, "O": 3.0}]
+
+
+def test_rescore_accepts_the_digest_taken_before_unreadable_cifs_kept_their_atoms(tmp_path: Path) -> None:
+    from bench.rescore import _digest_before_cif_compositions
+
+    path = write_samples_csv(tmp_path / "samples.csv", [_sr_ti_o3_with_overlap(), _carbon()])
+    back = read_samples(path)
+    old_reader = read_samples(path)
+    old_reader.compositions = [None, None]
+    assert samples_digest(back) != samples_digest(old_reader)
+    assert _digest_before_cif_compositions(back) == samples_digest(old_reader)
+    # a decode failure's atoms were always digested: they are not dropped by the older-digest check
+    failure = write_samples_csv(tmp_path / "f.csv", [DecodeFailure("empty", 0, ("C",) * 2), _carbon()])
+    kept = read_samples(failure)
+    assert _digest_before_cif_compositions(kept) == samples_digest(kept)
