@@ -82,8 +82,8 @@ class PeriodicMPNN(nn.Module):
 
     Args:
         type_dim: width of the per-atom type input and output (e.g. K element channels).
-        cond_dim: width of a conditioning vector (time embedding, latent, noise) added to every atom
-            (0: none).
+        cond_dim: width of a conditioning vector (time embedding, latent, noise) added to every atom, or
+            of one vector per atom (0: none).
         width: hidden width of atoms and messages.
         n_layers: rounds of message passing.
         num_frequencies: harmonics of the Fourier features of fractional differences.
@@ -147,7 +147,8 @@ class PeriodicMPNN(nn.Module):
                 ``lattice`` ``[B, 6]``.
             mask: ``[B, N]``, 1 for the atoms of the crystal and 0 for empty slots (ignored by every sum;
                 their outputs are zero).
-            cond: ``[B, cond_dim]`` when the network is conditioned.
+            cond: ``[B, cond_dim]`` (the same for every atom) or ``[B, N, cond_dim]`` (one per atom) when
+                the network is conditioned.
             return_pooled: also return ``pooled`` ``[B, width]``, the mean of the final atom features over the
                 crystal's atoms (invariant to permutations, translations and lattice shifts of single atoms).
 
@@ -161,7 +162,8 @@ class PeriodicMPNN(nn.Module):
         frac, lattice = batch["frac_coords"], batch["lattice"]
         h = self.type_in(batch["atom_types"]) + self.lattice_in(lattice).unsqueeze(1)
         if self.cond_in is not None:
-            h = h + self.cond_in(cond).unsqueeze(1)
+            c = self.cond_in(cond)
+            h = h + (c if c.dim() == 3 else c.unsqueeze(1))
         n = frac.shape[1]
         delta = frac.unsqueeze(1) - frac.unsqueeze(2)  # [B, i, j, 3]: f_j - f_i
         edge_feats = torch.cat(

@@ -71,7 +71,9 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
     JointVAE are such objects; beta-VAE is this class with a larger ``beta``). A latent with a learned prior
     (VQ-VAE's :class:`~bench.models.vae.vq.VQLatent`) makes the model train in two stages, ``autoencoder``
     then ``prior`` (:meth:`~bench.models.vae.vae.GaussianLatent.declare_latent_stages`); models with any
-    other latent keep one stage and no ``training_stages``.
+    other latent keep one stage and no ``training_stages``. Three hooks, :meth:`latent_inputs`,
+    :meth:`decoder_condition` and :meth:`complete_latent`, let a latent with a per-atom part (VQ-VAE-2,
+    :class:`~bench.models.vae.vq_vae2.CrystalVQVAE2`) share this loss and this sampler.
 
     Args:
         backbone: partial of :class:`~bench.models.backbones.periodic.PeriodicMPNN`, called twice: the encoder
@@ -183,6 +185,12 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         :meth:`data_fields`)."""
         return self.encoder(x0, mask)["lattice"]
 
+    def latent_inputs(self, x0: Mapping[str, Tensor], mask: Tensor) -> Any:
+        """What the latent object's ``posterior`` and ``prior_loss`` read: the encoder's readout
+        (:meth:`posterior_params`). A variant whose latent reads more of the encoder (VQ-VAE-2's per-atom
+        bottom level) overrides it."""
+        return self.posterior_params(x0, mask)
+
     def encode(self, x0: Mapping[str, Tensor], mask: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and log-variance ``[B, latent_dim]`` of the built-in Gaussian latent."""
         mu, logvar = self.posterior_params(x0, mask).chunk(2, dim=-1)
@@ -202,12 +210,16 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         return stats
 
     # ------------------------------------------------------------------ decoder
+    def decoder_condition(self, t: Tensor, z: Tensor) -> Tensor:
+        """The denoiser's conditioning ``[B, time_dim]``: the embedding of the steps ``t`` ``[B]`` plus ``z``
+        projected to its width. A variant with a per-atom latent returns ``[B, N, time_dim]``."""
+        return self.time_mlp(timestep_embedding(t, self.time_dim)) + self.latent_in(z)
+
     def predict(self, x_t: Mapping[str, Tensor], t: Tensor, z: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """The denoiser's ``atom_types`` and ``frac_coords`` targets for noisy atoms ``x_t`` on the lattice
         ``x_t["lattice"]`` at integer steps ``t`` ``[B]``, conditioned on ``z`` (added to the time
-        embedding)."""
-        cond = self.time_mlp(timestep_embedding(t, self.time_dim)) + self.latent_in(z)
-        out = self.net(self.mask_atoms(x_t, mask), mask, cond=cond)
+        embedding: :meth:`decoder_condition`)."""
+        out = self.net(self.mask_atoms(x_t, mask), mask, cond=self.decoder_condition(t, z))
         return {k: out[k] for k in ATOM_FIELDS}
 
     # ------------------------------------------------------------------ the contract
@@ -217,13 +229,13 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         x0, mask = self.data_fields(batch)
         if self.stage == "prior":
             with torch.no_grad():  # the encoder is frozen: only the prior learns
-                params = self.posterior_params(x0, mask)
+                params = self.latent_inputs(x0, mask)
             return self.prior_stage_loss(params)
         if self.latent is None:
             mu, logvar = self.encode(x0, mask)
             z = self.reparameterise(mu, logvar)
         else:
-            params = self.posterior_params(x0, mask)
+            params = self.latent_inputs(x0, mask)
             z, posterior = self.latent.posterior(params)
 
         stats = self.decode_stats(z)
@@ -259,6 +271,11 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
             reg_terms = {**reg_terms, **prior_terms}
         return {"loss": total, **terms, **reg_terms}
 
+    def complete_latent(self, z: Any, mask: Tensor, generator: torch.Generator | None) -> Any:
+        """The rest of a prior draw ``z`` once the atoms ``mask`` ``[n, N]`` are known (VQ-VAE-2 draws its
+        per-atom bottom level here); ``z`` itself for every latent drawn whole."""
+        return z
+
     @property
     def nfe(self) -> int:
         """Decoder evaluations per sample (the heads on ``z`` are not counted; the encoder is not used)."""
@@ -271,6 +288,7 @@ class CrystalCDVAE(GaussianLatent, PeriodicCrystalModule):
         z = self.sample_prior(n, generator)
         stats = self.decode_stats(z)
         mask = self.atom_mask(stats["num_atoms"].argmax(dim=-1) + 1)
+        z = self.complete_latent(z, mask, generator)
         lattice = stats["lattice"]
 
         all_shapes = self.field_shapes(n)
