@@ -290,6 +290,10 @@ def rescore_record(
                                f"{', '.join(cfg.metrics.names)})")
         cfg.metrics.names = [name for name in cfg.metrics.names if name in set(metrics)]
     sample_set = _samples_of(record, path, cfg, None if samples is None else Path(samples))
+    decode = (data.get("metric_settings") or {}).get("decode")
+    if decode is not None and sample_set.meta.get("decode") is None:
+        # the sampling stage's decode thresholds, recorded with the metrics; a shipped file has no sidecar
+        sample_set.meta["decode"] = decode
     recorded_digest = (record.counts or {}).get("samples_sha256")
     digest = samples_digest(sample_set)
     if digest != recorded_digest and recorded_digest == _digest_before_cif_compositions(sample_set):

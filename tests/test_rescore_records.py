@@ -89,6 +89,9 @@ def test_a_changed_metric_is_reported_and_written_back(tiny_record: Path, tmp_pa
     assert written["metrics"]["valid"]["value"] == true_valid
     assert written["provenance"]["rescored"][-1]["from"] == shipped_path(copy).name
     assert written["config_hash"] == data["config_hash"] and written["cost"] == data["cost"]
+    # the decode thresholds belong to the sampling stage: the shipped file has no sidecar, the record keeps them
+    assert data["metric_settings"]["decode"] is not None
+    assert written["metric_settings"]["decode"] == data["metric_settings"]["decode"]
     assert rescore_record(copy).exact  # now it re-scores exactly
 
 
