@@ -35,6 +35,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
   diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
   disentangle  RUN_DIR [--split test] [--limit N] [--bins 20]: a VAE-family run's MIG against known factors
+  composition-eval  SAMPLES.csv dataset=NAME [--references] [--out R.json]: score generated formulas
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -367,8 +368,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.disentangle import main as disentangle_main
 
         return disentangle_main(rest)
+    if command == "composition-eval":
+        from bench.composition_eval import main as composition_eval_main
+
+        return composition_eval_main(rest)
     commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "rescore", "list",
-                "diagnose", "disentangle")
+                "diagnose", "disentangle", "composition-eval")
     print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 
