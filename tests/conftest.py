@@ -1,4 +1,5 @@
-"""Shared fixtures: the offline data directory and the project's own tiny structures."""
+"""Shared fixtures: the offline data directory and the project's own tiny structures; the overrides of a quick
+end-to-end run on the built-in tiny dataset (:func:`tiny_run`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,33 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TRANSFORMER = (
+    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2",
+)
+"""Overrides shrinking the set-transformer backbone of the seed models to a width that trains in seconds."""
+
+
+def tiny_run(
+    tmp: Path, *extra: str, steps: int = 4, samples: int = 6, sample_batch: int | None = None,
+    batch: int = 8,
+) -> list[str]:
+    """Overrides of a quick run on the built-in tiny dataset that writes only under ``tmp`` (run folders,
+    records and board) and never rebuilds a board; ``extra`` follow (a model, its shrinking, a seed...).
+
+    Args:
+        steps: ``trainer.max_steps``.
+        samples: ``sample.num_samples``.
+        sample_batch: ``sample.batch_size`` (None: the config's).
+        batch: ``train.batch_size``.
+    """
+    return [
+        "dataset=tiny", "logger=none", f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false",
+        f"train.batch_size={batch}", f"sample.num_samples={samples}",
+        *([] if sample_batch is None else [f"sample.batch_size={sample_batch}"]),
+        f"paths.output_dir={tmp / 'outputs'}", f"paths.results_dir={tmp / 'results'}",
+        f"paths.leaderboard_dir={tmp / 'board'}", "record.regenerate_board=false", *extra,
+    ]
 
 
 def _find_shared_datasets() -> Path | None:

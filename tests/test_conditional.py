@@ -23,6 +23,7 @@ from bench.conditioning import ConditionRequestError, condition_columns, conditi
 from bench.config import compose, config_hash, training_hash
 from bench.metrics import CondHitRate, ConditionTargets, GeneratedSet, MetricSettings, ReferenceSet
 from bench.rundirs import sampling_hash
+from tests.conftest import tiny_run
 
 TARGETS = [2.0, 3.5, 5.0]  # densities (g/cm^3), inside the tiny training split's range
 
@@ -80,12 +81,7 @@ def _model_node(condition: Any = ("${dataset.property}",)) -> Any:
 def _cfg(tmp_path: Path, *overrides: str, model: Any = "double"):
     """The tiny config with the conditional test double (``model="double"``), another model node, or the
     composed one (``model=None``)."""
-    cfg = compose([
-        "dataset=tiny", "logger=none", "trainer.enable_progress_bar=false", "trainer.max_steps=30",
-        "train.batch_size=8", "sample.num_samples=10", "sample.batch_size=4", "record.regenerate_board=false",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.results_dir={tmp_path / 'results'}",
-        f"paths.leaderboard_dir={tmp_path / 'board'}", *overrides,
-    ])
+    cfg = compose(tiny_run(tmp_path, *overrides, steps=30, samples=10, sample_batch=4))
     if model is not None:
         cfg.model = _model_node() if model == "double" else model
     return cfg

@@ -30,6 +30,7 @@ from bench.models.autoregressive.sampling import TokenSampler
 from pymatgen.core import Lattice, Structure
 
 from bench.config import compose
+from tests.conftest import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -332,12 +333,7 @@ def test_crystal_gpt_trains_samples_and_counts_parse_failures_through_the_real_s
     from bench.train import load_trained, train
 
     own = list(compose(["model=crystal_gpt"]).model.test_overrides)
-    overrides = [
-        "model=crystal_gpt", "dataset=tiny", "logger=none", "trainer.enable_progress_bar=false",
-        "trainer.max_steps=30", "train.batch_size=16", "sample.num_samples=12", "sample.batch_size=6",
-        "record.regenerate_board=false", f"paths.output_dir={tmp_path / 'outputs'}",
-        f"paths.results_dir={tmp_path / 'results'}", f"paths.leaderboard_dir={tmp_path / 'board'}", *own,
-    ]
+    overrides = tiny_run(tmp_path, "model=crystal_gpt", *own, steps=30, samples=12, sample_batch=6, batch=16)
     cfg = compose(overrides)
     summary = train(cfg)
     assert summary["steps"] == 30 and summary["loss_last"] < summary["loss_first"]

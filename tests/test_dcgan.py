@@ -32,6 +32,7 @@ from pymatgen.core import Structure
 from torch import nn
 
 from bench.config import compose
+from tests.conftest import tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -233,12 +234,7 @@ def test_dcgan_trains_and_samples_through_the_real_stages(tmp_path: Path) -> Non
     from bench.train import load_trained, train
 
     own = list(compose(["model=dcgan"]).model.test_overrides)
-    cfg = compose([
-        "model=dcgan", "dataset=tiny", "logger=none", "trainer.enable_progress_bar=false",
-        "trainer.max_steps=20", "train.batch_size=8", "sample.num_samples=10", "sample.batch_size=5",
-        "record.regenerate_board=false", f"paths.output_dir={tmp_path / 'outputs'}",
-        f"paths.results_dir={tmp_path / 'results'}", f"paths.leaderboard_dir={tmp_path / 'board'}", *own,
-    ])
+    cfg = compose(tiny_run(tmp_path, "model=dcgan", *own, steps=20, samples=10, sample_batch=5))
     summary = train(cfg)
     assert summary["steps"] == 20
     assert summary["loss_last"] < summary["loss_first"]  # the discriminator learns to separate, as at first

@@ -15,6 +15,7 @@ from bench.config import compose, config_hash, resolved, training_hash
 from bench.metrics import run_metrics
 from bench.metrics.base import ReferenceSet
 from bench.structures_io import read_samples, samples_digest, write_samples_csv
+from tests.conftest import TINY_TRANSFORMER, tiny_run
 
 
 def _carbon(a: float = 3.6) -> Structure:
@@ -107,13 +108,8 @@ def test_a_run_records_the_thresholds_and_scores_failed_samples_on_their_atoms(t
 
     from bench.run import run
 
-    cfg = compose([
-        "dataset=tiny", "logger=none", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=10", "model=vae", "representation.max_length=2.0",
-        "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1",
-        "model.module.backbone.n_heads=2", f"paths.output_dir={tmp_path / 'outputs'}",
-        f"paths.results_dir={tmp_path / 'results'}", f"paths.leaderboard_dir={tmp_path / 'board'}",
-    ])
+    cfg = compose(tiny_run(tmp_path, "model=vae", "representation.max_length=2.0", *TINY_TRANSFORMER,
+                           samples=10))
     _, path = run(cfg)
     data = json.loads(path.read_text())
     assert data["metric_settings"]["decode"] == {"min_cell_shape": 1e-3, "max_length": 2.0}

@@ -41,6 +41,7 @@ from bench.models.diffusion.processes import VPGaussian, WrappedNormalVE
 from bench.models.diffusion.samplers import DDIMSampler
 
 from bench.config import compose
+from tests.conftest import TINY_TRANSFORMER, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -358,14 +359,8 @@ def test_sample_stage_trains_the_head_once_and_records_the_cost(tmp_path: Path) 
     from bench.train import train
 
     def cfg(*overrides: str):  # noqa: ANN202
-        return compose([
-            "dataset=tiny", "model=ddpm", "logger=none", "trainer.max_steps=3",
-            "trainer.enable_progress_bar=false", "train.batch_size=8", "sample.num_samples=6",
-            "sample.batch_size=4", f"paths.output_dir={tmp_path / 'outputs'}",
-            f"paths.results_dir={tmp_path / 'results'}", "model.module.backbone.d_model=16",
-            "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2",
-            "model.module.timesteps=50", *overrides,
-        ])
+        return compose(tiny_run(tmp_path, "model=ddpm", *TINY_TRANSFORMER, "model.module.timesteps=50",
+                                *overrides, steps=3, sample_batch=4))
 
     train(cfg("model.module.sampler.steps=4"))
     asked = cfg("sampler@model.module.sampler=genie", "model.module.sampler.steps=5",

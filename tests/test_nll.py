@@ -43,6 +43,7 @@ from bench.leaderboard.board import Board
 from bench.leaderboard.html import render_html
 from bench.leaderboard.terminal import board_tables, sorted_rows
 from bench.records import ResultRecord
+from tests.conftest import TINY_TRANSFORMER, tiny_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -294,18 +295,11 @@ def test_crystal_gpt_nll_is_its_loss_per_crystal_and_lives_in_its_own_space() ->
 
 
 # ---------------------------------------------------------------------- the evaluate stage
-TINY = [
-    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"
-]
+TINY = list(TINY_TRANSFORMER)
 
 
 def _cfg(tmp_path: Path, *overrides: str):
-    return compose([
-        "dataset=tiny", "logger=none", "trainer.max_steps=6", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=12", "sample.batch_size=5",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.results_dir={tmp_path / 'results'}",
-        f"paths.leaderboard_dir={tmp_path / 'board'}", "record.regenerate_board=false", *TINY, *overrides,
-    ])
+    return compose(tiny_run(tmp_path, *TINY, *overrides, steps=6, samples=12, sample_batch=5))
 
 
 def test_evaluate_records_the_test_nll_of_a_flow_run_and_rescoring_keeps_it(tmp_path: Path) -> None:

@@ -17,10 +17,9 @@ from bench.reproduce import (
     render_published,
     tolerance,
 )
+from tests.conftest import TINY_TRANSFORMER, tiny_run
 
-TINY = [
-    "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1", "model.module.backbone.n_heads=2"
-]
+TINY = list(TINY_TRANSFORMER)
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +28,7 @@ def tiny_record(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bench.run import run
 
     tmp = tmp_path_factory.mktemp("original")
-    cfg = compose([
-        "dataset=tiny", "model=vae", "logger=none", "trainer.max_steps=6",
-        "trainer.enable_progress_bar=false", "train.batch_size=8",
-        "sample.num_samples=12", "sample.batch_size=5", "seed=1",
-        f"paths.output_dir={tmp / 'outputs'}", f"paths.results_dir={tmp / 'results'}",
-        f"paths.leaderboard_dir={tmp / 'board'}", "record.regenerate_board=false", *TINY,
-    ])
+    cfg = compose(tiny_run(tmp, "model=vae", "seed=1", *TINY, steps=6, samples=12, sample_batch=5))
     _, path = run(cfg)
     assert path is not None
     return path

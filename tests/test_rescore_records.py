@@ -13,6 +13,7 @@ import pytest
 from bench.config import compose
 from bench.rescore import SHIPPED_SUFFIX, main, rescore_record, shipped_path
 from bench.structures_io import read_samples, samples_digest
+from tests.conftest import tiny_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -21,12 +22,7 @@ TINY = [
 
 
 def _tiny(tmp: Path, *extra: str) -> list[str]:
-    return [
-        "dataset=tiny", "logger=none", "trainer.max_steps=6", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=12", "sample.batch_size=5", "seed=1",
-        f"paths.output_dir={tmp / 'outputs'}", f"paths.results_dir={tmp / 'results'}",
-        f"paths.leaderboard_dir={tmp / 'board'}", "record.regenerate_board=false", *extra,
-    ]
+    return tiny_run(tmp, "seed=1", *extra, steps=6, samples=12, sample_batch=5)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +85,7 @@ def test_a_changed_metric_is_reported_and_written_back(tiny_record: Path, tmp_pa
     assert written["metrics"]["valid"]["value"] == true_valid
     assert written["provenance"]["rescored"][-1]["from"] == shipped_path(copy).name
     assert written["config_hash"] == data["config_hash"] and written["cost"] == data["cost"]
-    # the decode thresholds belong to the sampling stage: the shipped file has no sidecar, the record keeps them
+    # the decode thresholds belong to the sampling stage (no sidecar beside a shipped file)
     assert data["metric_settings"]["decode"] is not None
     assert written["metric_settings"]["decode"] == data["metric_settings"]["decode"]
     assert rescore_record(copy).exact  # now it re-scores exactly

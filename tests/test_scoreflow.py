@@ -43,6 +43,8 @@ from bench.models.diffusion.vdm import prior_kl
 from bench.models.flow.cnf import ODESolver
 from scipy.integrate import quad, solve_ivp
 
+from tests.conftest import TINY_TRANSFORMER, tiny_run
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
@@ -491,14 +493,10 @@ def test_evaluate_records_the_ode_likelihood_as_the_test_nll(tmp_path: Path) -> 
     from bench.config import compose
     from bench.run import run
 
-    cfg = compose([
-        "dataset=tiny", "logger=none", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=6", "sample.batch_size=6",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.results_dir={tmp_path / 'results'}",
-        f"paths.leaderboard_dir={tmp_path / 'board'}", "record.regenerate_board=false",
-        "model=scoreflow", "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1",
-        "model.module.backbone.n_heads=2", "model.module.sampler.steps=5", "+evaluate.nll.draws=1",
-    ])
+    cfg = compose(tiny_run(
+        tmp_path, "model=scoreflow", *TINY_TRANSFORMER, "model.module.sampler.steps=5",
+        "+evaluate.nll.draws=1", sample_batch=6,
+    ))
     record, _ = run(cfg)
     entry = record.metrics["nll_test"]
     kind = (entry["nll_kind"], entry["nll_estimator"], entry["nll_space"])

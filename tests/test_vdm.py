@@ -47,6 +47,8 @@ from bench.models.diffusion.vdm import (
     reconstruction_nll,
 )
 
+from tests.conftest import TINY_TRANSFORMER, tiny_run
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_TYPES, MAX_ATOMS = 4, 3
@@ -522,15 +524,10 @@ def test_evaluate_records_the_bound_as_the_test_nll(tmp_path: Path) -> None:
     from bench.config import compose
     from bench.run import run
 
-    cfg = compose([
-        "dataset=tiny", "logger=none", "trainer.max_steps=4", "trainer.enable_progress_bar=false",
-        "train.batch_size=8", "sample.num_samples=6", "sample.batch_size=6",
-        f"paths.output_dir={tmp_path / 'outputs'}", f"paths.results_dir={tmp_path / 'results'}",
-        f"paths.leaderboard_dir={tmp_path / 'board'}", "record.regenerate_board=false",
-        "model=vdm", "model.module.backbone.d_model=16", "model.module.backbone.n_layers=1",
-        "model.module.backbone.n_heads=2", "model.module.timesteps=8", "model.module.schedule_features=8",
-        "+evaluate.nll.draws=2",
-    ])
+    cfg = compose(tiny_run(
+        tmp_path, "model=vdm", *TINY_TRANSFORMER, "model.module.timesteps=8",
+        "model.module.schedule_features=8", "+evaluate.nll.draws=2", sample_batch=6,
+    ))
     record, _ = run(cfg)
     entry = record.metrics["nll_test"]
     kind = (entry["nll_kind"], entry["nll_estimator"], entry["nll_space"])
