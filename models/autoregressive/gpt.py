@@ -43,7 +43,7 @@ from bench.models.autoregressive.sampling import TokenSampler
 from bench.models.base import GenerativeModule, Likelihood, OptimizerFactory
 from torch import Tensor, nn
 
-__all__ = ["CausalSelfAttention", "CrystalGPT", "GPTBlock", "GPTDecoder", "KVCache"]
+__all__ = ["CausalSelfAttention", "CrystalGPT", "GPTBlock", "GPTDecoder", "KVCache", "layer_windows"]
 
 KeyValues = tuple[Tensor, Tensor]
 """One block's keys and values ``[B, H, T, d / H]`` of the positions seen so far."""
@@ -53,12 +53,31 @@ KVCache = list[KeyValues]
 OUTPUTS = ("crystal", "tokens")
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position ``t`` attends to positions ``<= t`` only."""
+def layer_windows(window: int | None, n_layers: int) -> list[int | None]:
+    """Per-layer attention windows whose stack reads exactly ``window`` positions: layer ``l`` attends to its
+    ``w_l`` latest positions (itself included), so the stack's output at ``t`` reads inputs
+    ``t - sum_l (w_l - 1) .. t``; the ``window - 1`` extra positions are shared out as evenly as possible,
+    earlier layers taking the remainder. None: every layer attends to all earlier positions."""
+    if window is None:
+        return [None] * n_layers
+    if window < 1 or n_layers < 1:
+        raise ValueError(
+            f"window and n_layers must be >= 1 (window None: full context), got {window}, {n_layers}"
+        )
+    base, extra = divmod(window - 1, n_layers)
+    return [1 + base + (1 if layer < extra else 0) for layer in range(n_layers)]
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which position ``t`` attends to positions ``<= t`` only (with a
+    ``window``, to positions ``t - window + 1 .. t``: a banded causal mask)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, window: int | None = None) -> None:
         super().__init__()
+        if window is not None and window < 1:
+            raise ValueError(f"window must be >= 1 (None: full context), got {window}")
         self.n_heads = n_heads
+        self.window = None if window is None else int(window)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.attn_dropout = dropout
@@ -74,19 +93,29 @@ class CausalSelfAttention(nn.Module):
             if t != 1:
                 raise ValueError(f"with a key/value cache, feed one position at a time (got {t})")
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        keys, values, band = k, v, None
+        if self.window is not None:
+            if past is not None:  # the one new position reads the latest `window` cached ones
+                keys, values = k[:, :, -self.window:], v[:, :, -self.window:]
+            else:
+                offset = torch.arange(t, device=x.device)
+                lag = offset.unsqueeze(1) - offset.unsqueeze(0)  # query minus key position
+                band = (lag >= 0) & (lag < self.window)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=past is None
+            q, keys, values, attn_mask=band, dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=past is None and band is None,
         )
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(b, t, d))), (k, v)
 
 
 class GPTBlock(nn.Module):
-    """GPT-2's pre-norm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``, a GELU MLP of width ``4 d``."""
+    """GPT-2's pre-norm block: ``x + attn(ln(x))``, then ``x + mlp(ln(x))``, a GELU MLP of width ``4 d``
+    (``window``: the attention's band, :class:`CausalSelfAttention`)."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, dropout: float, window: int | None = None) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout, window)
         self.ln_2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model), nn.Dropout(dropout)
@@ -107,11 +136,16 @@ class GPTDecoder(nn.Module):
         context: the most positions it reads (``L - 1`` for sequences of length ``L``).
         d_model, n_layers, n_heads: width, depth, attention heads (``d_model % n_heads == 0``).
         dropout: on embeddings, attention weights and residual branches (training only).
+        window: the receptive field in tokens: the logits at position ``t`` read the tokens at
+            ``t - window + 1 .. t`` only (banded attention, :func:`layer_windows`); None, or at least
+            ``context``: every earlier token, every layer attending to all of them (the GPT).
+        cond_dim: width of a conditioning vector whose linear map is added to every position's embedding (0:
+            none).
     """
 
     def __init__(
         self, vocab_size: int, context: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
-        dropout: float = 0.1,
+        dropout: float = 0.1, window: int | None = None, cond_dim: int = 0,
     ) -> None:
         super().__init__()
         if min(vocab_size, context, d_model, n_layers, n_heads) < 1 or d_model % n_heads:
@@ -121,12 +155,20 @@ class GPTDecoder(nn.Module):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if cond_dim < 0:
+            raise ValueError(f"cond_dim must be >= 0, got {cond_dim}")
         self.context = int(context)
+        self.window = None if window is None or window >= self.context else int(window)
+        self.cond_dim = int(cond_dim)
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         self.position_embedding = nn.Embedding(self.context, d_model)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(GPTBlock(d_model, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            GPTBlock(d_model, n_heads, dropout, w) for w in layer_windows(self.window, n_layers)
+        )
         self.ln_f = nn.LayerNorm(d_model)
+        if self.cond_dim:
+            self.cond_proj = nn.Linear(self.cond_dim, d_model)
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -136,18 +178,27 @@ class GPTDecoder(nn.Module):
             for proj in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
 
-    def forward(self, tokens: Tensor, past: KVCache | None = None) -> tuple[Tensor, KVCache]:
+    def forward(
+        self, tokens: Tensor, past: KVCache | None = None, cond: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
         """Logits ``[B, T, V]`` of the token after each of ``tokens`` ``[B, T]``, and the key/value cache.
 
         Without ``past`` the tokens are positions ``0..T-1``; with it, ``tokens`` is the one next position
-        (``T = 1``) after those cached.
+        (``T = 1``) after those cached. ``cond`` ``[B, cond_dim]``: the conditioning vector (required when
+        ``cond_dim > 0``, refused otherwise).
         """
+        if (cond is None) != (self.cond_dim == 0):
+            raise ValueError(f"this decoder takes a conditioning vector of width {self.cond_dim} (0: none), "
+                             f"got {None if cond is None else tuple(cond.shape)}")
         start = 0 if past is None else past[0][0].shape[2]
         size = tokens.shape[1]
         if start + size > self.context:
             raise ValueError(f"positions {start}..{start + size - 1} exceed the context of {self.context}")
         positions = torch.arange(start, start + size, device=tokens.device)
-        h = self.dropout(self.token_embedding(tokens) + self.position_embedding(positions))
+        h = self.token_embedding(tokens) + self.position_embedding(positions)
+        if cond is not None:
+            h = h + self.cond_proj(cond).unsqueeze(1)
+        h = self.dropout(h)
         cache: KVCache = []
         for i, block in enumerate(self.blocks):
             h, kv = block(h, None if past is None else past[i])
@@ -271,12 +322,18 @@ class CrystalGPT(GenerativeModule):
         finally:
             self.train(was_training)
 
+    def generation_condition(self, n: int, generator: torch.Generator | None) -> Tensor | None:
+        """The conditioning vector ``[n, cond_dim]`` of the network while it writes ``n`` sequences, drawn
+        from ``generator`` before any token (a latent-variable decoder's ``z``); None for the GPT."""
+        return None
+
     def _generate(self, n: int, generator: torch.Generator | None) -> Tensor:
         length, vocab = self.tokenizer.length, self.tokenizer.vocab_size
         tokens = torch.full((n, length), PAD, dtype=torch.int64, device=self.device)
         tokens[:, 0] = BOS
         done = torch.zeros(n, dtype=torch.bool, device=self.device)
-        logits, cache = self.net(tokens[:, :1])
+        cond = self.generation_condition(n, generator)
+        logits, cache = self.net(tokens[:, :1], cond=cond)
         for t in range(1, length):
             allowed = self.grammar[t] if self.sampler.constrained else None
             uniform = self._rand((n, vocab), generator)
@@ -286,7 +343,7 @@ class CrystalGPT(GenerativeModule):
             done |= token == EOS
             if t == length - 1 or bool(done.all()):
                 break
-            logits, cache = self.net(token.unsqueeze(1), cache)
+            logits, cache = self.net(token.unsqueeze(1), cache, cond=cond)
         return tokens
 
     def _sample(self, n: int, generator: torch.Generator | None, condition: Any) -> dict[str, Tensor]:
