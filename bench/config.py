@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = [
     "CONFIG_MODULE", "DEFAULT_REPRESENTATION", "LOCAL_PATH", "compose", "config_hash", "training_hash",
     "training_config", "resolved", "record_config", "representation_node", "cache_dir", "as_path",
-    "PUBLISHED_RESULTS_DIR", "publishes", "results_dir", "leaderboard_dir",
+    "PUBLISHED_RESULTS_DIR", "publishes", "results_dir", "leaderboard_dir", "config_here",
 ]
 
 CONFIG_MODULE = "bench.conf"
@@ -56,6 +56,28 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> DictC
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=False)
+
+
+def config_here(
+    config: Mapping[str, Any] | None, data_dir: str | Path | None = None, overrides: Sequence[str] = (),
+    take: Sequence[str] = ("paths",),
+) -> DictConfig:
+    """A record's resolved ``config`` with this machine's nodes ``take`` (composed here with ``overrides``;
+    ``paths`` by default) and ``paths.data_dir`` replaced by ``data_dir`` when given, so the record can be
+    scored or re-run elsewhere.
+
+    Raises:
+        ValueError: the record has no resolved config.
+    """
+    if not config:
+        raise ValueError("the record has no resolved config (`config` is empty)")
+    cfg = OmegaConf.create(dict(config))
+    here = compose(list(overrides))
+    for node in take:
+        cfg[node] = here[node]
+    if data_dir is not None:
+        cfg.paths.data_dir = str(data_dir)
+    return cfg
 
 
 def resolved(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

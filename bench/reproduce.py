@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bench.io_utils import atomic_write_json, read_json
 from bench.records import ResultRecord
@@ -174,16 +174,12 @@ def compare_metrics(
 
 def _fresh_paths(record: ResultRecord, out_dir: Path, data_dir: Path | None) -> DictConfig:
     """The record's config with this machine's paths: data and cache from here, outputs in ``out_dir``."""
-    from bench.config import compose
+    from bench.config import config_here
 
-    if not record.config:
-        raise ReproduceError("the record has no resolved config (`config` is empty); it cannot be re-run")
-    cfg = OmegaConf.create(dict(record.config))
-    here = compose(["logger=csv"])
-    cfg.paths = here.paths
-    cfg.logger = here.logger
-    if data_dir is not None:
-        cfg.paths.data_dir = str(data_dir)
+    try:
+        cfg = config_here(record.config, data_dir, ["logger=csv"], take=("paths", "logger"))
+    except ValueError as err:
+        raise ReproduceError(f"{err}; it cannot be re-run") from None
     cfg.paths.run_dir = str(out_dir / "run")
     cfg.paths.results_dir = str(out_dir / "results")
     cfg.paths.leaderboard_dir = str(out_dir / "board")

@@ -204,17 +204,12 @@ def ship_samples(record_path: str | Path, sample_set: Any) -> Path:
 
 def _config_here(record: Any, data_dir: Path | None) -> Any:
     """The record's resolved config with this machine's data and cache paths; writes nothing."""
-    from omegaconf import OmegaConf
+    from bench.config import config_here
 
-    from bench.config import compose
-
-    if not record.config:
-        raise RescoreError("the record has no resolved config (`config` is empty); it cannot be re-scored")
-    cfg = OmegaConf.create(dict(record.config))
-    here = compose([])
-    cfg.paths = here.paths
-    if data_dir is not None:
-        cfg.paths.data_dir = str(data_dir)
+    try:
+        cfg = config_here(record.config, data_dir)
+    except ValueError as err:
+        raise RescoreError(f"{err}; it cannot be re-scored") from None
     cfg.record = {"write": False, "regenerate_board": False}
     return cfg
 

@@ -56,3 +56,20 @@ def test_rescore_leaves_incomplete_or_mismatched_records_alone(tmp_path: Path) -
     assert outcomes["f.json"].after is None and "failed" in outcomes["f.json"].note
     assert outcomes["s.json"].after is None and "5 rows" in outcomes["s.json"].note
     assert main(["--vun-from-tables", str(tmp_path / "missing")]) == 2
+
+
+def test_a_record_config_is_given_this_machines_paths(tmp_path: Path) -> None:
+    from bench.config import compose, config_hash, config_here, resolved
+
+    original = compose(["model=vae", "dataset=tiny", "paths.data_dir=/elsewhere/data"])
+    recorded = resolved(original)
+    recorded["paths"]["output_dir"] = "/elsewhere/outputs"
+    here = config_here(recorded, tmp_path / "data")
+    assert here.paths.data_dir == str(tmp_path / "data")
+    assert here.paths.output_dir == compose([]).paths.output_dir  # this machine's, not the record's
+    assert config_hash(here) == config_hash(original)  # what is computed is untouched
+    with_logger = config_here(recorded, None, ["logger=csv"], take=("paths", "logger"))
+    assert with_logger.paths.data_dir == compose([]).paths.data_dir
+    assert with_logger.logger == compose(["logger=csv"]).logger
+    with pytest.raises(ValueError, match="no resolved config"):
+        config_here({})
