@@ -274,7 +274,11 @@ def rescore_record(
     if write and metrics:
         raise RescoreError(f"{path}: --write replaces every metric; drop --metrics to write them all")
     data = read_json(path)
-    record = ResultRecord.from_dict(data)
+    try:
+        record = ResultRecord.from_dict(data)
+    except (TypeError, KeyError, AttributeError) as err:
+        raise RescoreError(f"{path}: not a result record of this project ({err}); pass a record's .json"
+                           ) from None
     if record.status != "complete":
         raise RescoreError(f"{path}: status {record.status!r}; only complete records have metrics to rescore")
     cfg = _config_here(record, None if data_dir is None else Path(data_dir))

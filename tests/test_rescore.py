@@ -73,3 +73,12 @@ def test_a_record_config_is_given_this_machines_paths(tmp_path: Path) -> None:
     assert with_logger.logger == compose(["logger=csv"]).logger
     with pytest.raises(ValueError, match="no resolved config"):
         config_here({})
+
+
+def test_a_file_that_is_not_a_record_is_refused_in_one_line(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    other = tmp_path / "other.json"
+    atomic_write_json(other, {"status": "complete", "config": {}, "metrics": {}})
+    assert main([str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a result record" in err and "other.json" in err
