@@ -44,7 +44,13 @@ from typing import Any
 
 import torch
 from bench.models.diffusion.processes import VPGaussian
-from bench.models.diffusion.samplers import NoiseSource, Predictor, _fingerprint, _SteppedSampler
+from bench.models.diffusion.samplers import (
+    NoiseSource,
+    Predictor,
+    _fingerprint,
+    _require_gaussian,
+    _SteppedSampler,
+)
 from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
@@ -477,14 +483,7 @@ class GenieSampler(_SteppedSampler):
 
     @staticmethod
     def _require_gaussian(processes: Mapping[str, Any]) -> None:
-        others = {k: type(p).__name__ for k, p in processes.items() if not isinstance(p, VPGaussian)}
-        if others:
-            raise TypeError(
-                "GenieSampler solves the DDIM ODE, which needs a Gaussian (VPGaussian) process for every "
-                "field, but " + ", ".join(f"{k} is {name}" for k, name in sorted(others.items()))
-                + ": use it with a model whose fields are all Gaussian (e.g. model=ddpm), or keep this "
-                "model's own sampler"
-            )
+        _require_gaussian(processes, "GenieSampler solves the DDIM ODE")
 
     # -------------------------------------------------------------- the head
     def _key(self, processes: Mapping[str, VPGaussian], x0: Mapping[str, Tensor], timesteps: int,

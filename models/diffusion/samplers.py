@@ -368,6 +368,19 @@ def monte_carlo_moments(
     return out
 
 
+def _require_gaussian(processes: Mapping[str, Any], purpose: str) -> None:
+    """Refuse fields whose process is not a :class:`VPGaussian`, in one line that starts with ``purpose``
+    (what the sampler does) and names the fields and the fix."""
+    others = {k: type(p).__name__ for k, p in processes.items() if not isinstance(p, VPGaussian)}
+    if others:
+        raise TypeError(
+            f"{purpose}, which needs a Gaussian (VPGaussian) process for every field, but "
+            + ", ".join(f"{k} is {name}" for k, name in sorted(others.items()))
+            + ": use it with a model whose fields are all Gaussian (e.g. model=ddpm), or keep this "
+            "model's own sampler"
+        )
+
+
 def _fingerprint(x0: Mapping[str, Tensor]) -> str:
     """sha256 of the data (each field's float values in field order)."""
     digest = hashlib.sha256()
