@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
-import json
 import logging
 import math
 import time
@@ -53,6 +51,7 @@ from bench.models.diffusion.samplers import (
     _require_gaussian,
     _SteppedSampler,
 )
+from bench.models.diffusion.weights_cache import CachedWeights
 from torch import Tensor, nn
 
 __all__ = [
@@ -322,38 +321,25 @@ class _RoundCache:
     """One file per round's student in ``cache_dir``, named and keyed by everything the student depends on."""
 
     def __init__(self, cache_dir: str | Path | None, key: Mapping[str, Any]) -> None:
-        self.dir = None if cache_dir is None else Path(cache_dir)
+        self.dir = cache_dir
         self.key = dict(key)
 
-    def _entry(self, round_index: int, steps: int) -> tuple[dict[str, Any], Path | None]:
+    def _entry(self, round_index: int, steps: int) -> CachedWeights:
         key = {**self.key, "round": int(round_index), "student_steps": int(steps)}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        path = None if self.dir is None else self.dir / f"DistillSampler-{steps}steps-{digest}.pt"
-        return key, path
+        return CachedWeights(self.dir, f"DistillSampler-{steps}steps", key)
 
     def load(self, round_index: int, steps: int) -> dict[str, Tensor] | None:
-        key, path = self._entry(round_index, steps)
-        if path is None or not path.is_file():
+        entry = self._entry(round_index, steps)
+        saved = entry.load()
+        if saved is None:
             return None
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if json.loads(saved.get("key", "null")) != key:
-            return None
-        log.info("distill: the %d-step student read from %s", steps, path)
+        log.info("distill: the %d-step student read from %s", steps, entry.path)
         return saved["state"]
 
     def save(
         self, round_index: int, steps: int, state: Mapping[str, Tensor], losses: Sequence[float]
     ) -> None:
-        key, path = self._entry(round_index, steps)
-        if path is None:
-            return
-        from bench.io_utils import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        torch.save({"key": json.dumps(key, sort_keys=True),
-                    "state": {name: v.detach().cpu() for name, v in state.items()},
-                    "losses": torch.tensor(list(losses), dtype=torch.float64)}, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        self._entry(round_index, steps).save(state, losses)
 
 
 def progressive_distillation(

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import math
@@ -51,6 +50,7 @@ from bench.models.diffusion.samplers import (
     _require_gaussian,
     _SteppedSampler,
 )
+from bench.models.diffusion.weights_cache import CachedWeights
 from bench.models.embeddings import timestep_embedding
 from torch import Tensor, nn
 
@@ -366,37 +366,6 @@ def train_head(
     }
 
 
-class _HeadCache:
-    """The trained head in ``cache_dir``, named and keyed by everything it depends on."""
-
-    def __init__(self, cache_dir: str | Path | None, key: Mapping[str, Any]) -> None:
-        self.key = dict(key)
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = None if cache_dir is None else Path(cache_dir) / f"GenieSampler-{digest}.pt"
-
-    def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.is_file():
-            return None
-        saved = torch.load(self.path, map_location="cpu", weights_only=True)
-        if json.loads(saved.get("key", "null")) != self.key:
-            return None
-        log.info("genie: the head read from %s", self.path)
-        return saved
-
-    def save(self, state: Mapping[str, Tensor], report: Mapping[str, Any]) -> None:
-        if self.path is None:
-            return
-        from bench.io_utils import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        summary = {k: v for k, v in report.items() if k != "losses"}
-        torch.save({"key": json.dumps(self.key, sort_keys=True),
-                    "state": {name: v.detach().cpu() for name, v in state.items()},
-                    "report": json.dumps(summary, sort_keys=True),
-                    "losses": torch.tensor(list(report.get("losses", [])), dtype=torch.float64)}, buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
-
-
 # ------------------------------------------------------------------------------------------------ the sampler
 class GenieSampler(_SteppedSampler):
     """GENIE (Dockhorn, Vahdat & Kreis 2022, "GENIE: Higher-Order Denoising Diffusion Solvers", NeurIPS,
@@ -524,12 +493,13 @@ class GenieSampler(_SteppedSampler):
         device = device if device is not None else torch.device("cpu")
         x0 = {k: x0[k].detach().cpu().float() for k in sorted(processes)}
         shapes = {k: tuple(v.shape[1:]) for k, v in x0.items()}
-        cache = _HeadCache(cache_dir, self._key(processes, x0, timesteps, fingerprint))
+        cache = CachedWeights(cache_dir, "GenieSampler", self._key(processes, x0, timesteps, fingerprint))
         with torch.random.fork_rng(devices=[]):  # seeded initial weights; the global state is left alone
             torch.manual_seed(self.seed)
             head = GenieHead(shapes, self.width, self.layers, self.heads).to(device)
         saved = cache.load()
         if saved is not None:
+            log.info("genie: the head read from %s", cache.path)
             head.load_state_dict(saved["state"])
             self.report = {"trained": False, **json.loads(saved["report"])}
         else:
@@ -537,7 +507,8 @@ class GenieSampler(_SteppedSampler):
             with torch.enable_grad():
                 report = train_head(head, predictor, processes, x0, timesteps, self.iters, self.batch_size,
                                     self.lr, generator, device=device)
-            cache.save(head.state_dict(), report)
+            cache.save(head.state_dict(), report.get("losses", ()),
+                       report={k: v for k, v in report.items() if k != "losses"})
             self.report = {"trained": True, **{k: v for k, v in report.items() if k != "losses"}}
             log.info("genie head: %d iterations in %.1f s, loss %.4g -> %.4g (first and last tenth), "
                      "relative error %s -> %s", self.iters, report["seconds"], report["loss_first"],
