@@ -44,6 +44,7 @@ from bench.models.flow.cnf import ODESolver
 from scipy.integrate import quad, solve_ivp
 
 from tests.conftest import TINY_TRANSFORMER, tiny_run
+from tests.nll_helpers import coordinate_gaussian_nll, expected_codec_nll
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -473,20 +474,11 @@ def test_test_nll_turns_the_bound_into_one_on_the_codec_fields() -> None:
     ``KL(N(-1, tau^2) || N(0, 1))`` per empty coordinate."""
     model = tiny_model(eps=0.05).eval()  # a proposal wide enough for its Monte Carlo error to be seen
 
-    def known(x0, generator=None, estimator=None):  # noqa: ANN001, ANN202
-        y = x0["frac_coords"].double()
-        return (0.5 * y**2 + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
-
-    model.diffusion_space_bound = known
+    model.diffusion_space_bound = lambda x0, generator=None, estimator=None: coordinate_gaussian_nll(x0)
     batch = crystals(6, 4)
     nll = model.test_nll(batch, draws=4000, generator=torch.Generator().manual_seed(0))
-    filled = batch["mask"].double()
-    y = 2 * batch["frac_coords"].double() - 1
-    codec_nll = ((0.5 * y**2 + 0.5 * math.log(2 * math.pi)).sum(-1) - 3 * math.log(2)) * filled
-    tau2 = model.empty_coordinate_std**2
-    proposal = 3 * (1 - filled) * 0.5 * (tau2 - math.log(tau2))
-    assert bool((1 - filled).sum() > 0) and bool(filled.sum() > 0)
-    torch.testing.assert_close(nll, (codec_nll + proposal).sum(1), rtol=0, atol=0.05)
+    expected = expected_codec_nll(batch, model.empty_coordinate_std**2)
+    torch.testing.assert_close(nll, expected, rtol=0, atol=0.05)
 
 
 def test_evaluate_records_the_ode_likelihood_as_the_test_nll(tmp_path: Path) -> None:
