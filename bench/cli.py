@@ -36,6 +36,7 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
   disentangle  RUN_DIR [--split test] [--limit N] [--bins 20]: a VAE-family run's MIG against known factors
   composition-eval  SAMPLES.csv dataset=NAME [--references] [--out R.json]: score generated formulas
+  check        CIF... --rules RULES.yaml [--json OUT]: check structures against domain rules
 
 examples:
   matgenbench run model=ddpm dataset=perov_5 dataset.train_split=val trainer.max_steps=30 seed=0
@@ -372,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
         from bench.composition_eval import main as composition_eval_main
 
         return composition_eval_main(rest)
+    if command == "check":
+        from bench.check import main as check_main
+
+        return check_main(rest)
     commands = (*HYDRA_COMMANDS, "datasets", "leaderboard", "perf", "reproduce", "rescore", "list",
-                "diagnose", "disentangle", "composition-eval")
+                "diagnose", "disentangle", "composition-eval", "check")
     print(f"matgenbench: unknown command '{command}'; choose one of: {', '.join(commands)}", file=sys.stderr)
     return 2
 
