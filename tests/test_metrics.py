@@ -225,6 +225,20 @@ def test_capped_mode_follows_diffcsp_cap():
     assert check_composition(sto, mode="cdvae", max_combinations=39).valid  # the cap applies to capped only
 
 
+def test_an_unenumerable_composition_is_refused_in_cdvae_mode_and_invalid_when_capped():
+    """Sixty elements have ~1e34 oxidation-state combinations: CDVAE's enumeration cannot finish (and the
+    chunked flat index would overflow int64), so cdvae mode says so in one line; capped mode calls it
+    invalid."""
+    from pymatgen.core import Element
+
+    many = {Element.from_Z(z).symbol: 1 for z in range(1, 72) if z not in (2, 10, 18, 36, 54)}
+    many = dict(list(many.items())[:60])
+    with pytest.raises(ValueError, match="cannot be enumerated.*mode='capped'"):
+        check_composition(many, mode="cdvae")
+    capped = check_composition(many, mode="capped")
+    assert not capped.valid and capped.reason.startswith("too_many_combinations")
+
+
 def test_oxidation_state_table_is_selectable():
     # Ca has +1 in SMACT's 2014 table (smact 2.2.1's, CDVAE's) but only +2 in the ICSD-2024 one (smact >= 3).
     assert check_composition({"Ca": 1, "F": 1}).valid

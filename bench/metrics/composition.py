@@ -133,6 +133,11 @@ def _pauling_ok_cdvae(ox_states: tuple[int, ...], enegs: tuple[float | None, ...
     return True
 
 
+_ENUMERABLE = 2**62
+"""Above this many combinations ``cdvae`` mode refuses a composition: the flat index of the chunked
+enumeration would overflow int64, and the enumeration would not finish anyway."""
+
+
 def _neutral_combinations(ox_lists: list[tuple[int, ...]], counts: tuple[int, ...]):
     """Yield charge-neutral oxidation-state combinations in ``itertools.product`` order."""
     sizes = [len(o) for o in ox_lists]
@@ -171,6 +176,12 @@ def _check_reduced(
     n_comb = math.prod(len(o) for o in ox_lists)
     if mode == "capped" and n_comb > max_combinations:
         return CompositionCheck(False, f"too_many_combinations: {n_comb} > {max_combinations}", n_comb)
+    if n_comb > _ENUMERABLE:
+        raise ValueError(
+            f"{''.join(f'{s}{c}' for s, c in zip(symbols, counts, strict=True))}: {n_comb:.3g} "
+            "oxidation-state combinations cannot be enumerated (CDVAE's rule would not finish); score it "
+            "with mode='capped' (DiffCSP's rule: more than max_combinations is invalid)"
+        )
     neutral_found = False
     for combo in _neutral_combinations(ox_lists, counts):
         neutral_found = True
