@@ -171,10 +171,11 @@ def _user_error(err: BaseException) -> str | None:
     )
     from bench.rundirs import RunMismatchError
     from bench.structures_io import SampleFileError
+    from bench.tracks import TrackMismatchError
 
     user_errors: tuple[type[BaseException], ...] = (
         SampleFileError, DatasetUnavailableError, ChecksumMismatchError, FileNotFoundError,
-        UnknownDatasetError, RunMismatchError, ConditionRequestError, ConditionError,
+        UnknownDatasetError, RunMismatchError, ConditionRequestError, ConditionError, TrackMismatchError,
     )
     if "torch" in sys.modules:  # only a stage that imported torch can have raised it
         from bench.models.base import NonFiniteLossError

@@ -40,7 +40,7 @@ from bench.io_utils import atomic_write_text
 from bench.records import ResultRecord, peak_memory_mb, provenance, write_record
 from bench.rundirs import check_samples, find_trained_run, record_variant, samples_path
 from bench.runtime import load_dataset_split, split_info
-from bench.structures_io import read_samples, samples_digest
+from bench.structures_io import samples_digest
 
 __all__ = ["evaluate", "condition_targets", "external_name", "score", "build_reference", "metrics_table"]
 
@@ -137,10 +137,12 @@ def _reference_folders(record: ResultRecord) -> list[Path]:
 def _references_note(record: ResultRecord, found: Any, columns: list[str], folders: list[Path]) -> str:
     """The line under the metrics table: where the reference columns come from, or how to make them."""
     if found is not None and columns:
-        names = " and ".join(columns)
+        names = " and ".join([", ".join(columns[:-1]), columns[-1]] if len(columns) > 2 else columns)
         where = f"{found.folder}/{record.dataset}"
+        item = str(record.split.get("track") or "crystal")  # what a sample is: crystals or compositions
+        val = "Val is a draw of the validation split, " if "Val" in columns else ""
         meaning = ("Test is the test split itself scored as if generated (the ceiling of most metrics), "
-                   "Random is random crystals (the floor).")
+                   f"{val}Random is random {item}s (the floor).")
         if found.exact:
             return f"{names}: reference rows of this protocol ({found.protocol_id}) from {where}. {meaning}"
         return (f"{names}: from protocol {found.protocol_id} in {where}, the same splits and sample count "
@@ -251,20 +253,29 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     drawn from that training with ``cfg``'s sampling settings, so the record's config hash is that of the
     config the samples came from.
 
+    The samples are read and scored by the dataset's track (:mod:`bench.tracks`): structures by the crystal
+    metric suite (:func:`score`), formulas by the composition metrics
+    (:func:`bench.composition_stages.score`).
+
     Returns:
         The record and the path it was written to (``None`` when ``record.write`` is false).
 
     Raises:
+        bench.tracks.TrackMismatchError: the run's model and the dataset belong to different tracks.
         bench.rundirs.RunMismatchError: the run or the samples file belongs to another config.
     """
+    from bench.tracks import check_track, track_of_dataset
+
     start = time.perf_counter()
     samples_file = as_path(cfg.get("samples"))
     external = samples_file is not None
+    # samples from outside are scored by the dataset's track alone; a run's own must match its model's
+    track = track_of_dataset(cfg) if external else check_track(cfg)
     run_dir = None
     if samples_file is None:
         run_dir = find_trained_run(cfg)
         samples_file = samples_path(cfg)
-    sample_set = read_samples(samples_file)
+    sample_set = track.read_samples(samples_file)
     meta = sample_set.meta
     if not external:
         check_samples(meta, cfg, samples_file)
@@ -300,7 +311,7 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
                                     "stopped_by_time")}
             for st in train_summary["stages"]
         ]
-    return score(
+    return track.score(
         cfg, sample_set, model=str(model), family=str(family), variant=str(variant),
         kind="external" if external else "run", cost=cost,
         train_checksums=train_summary.get("data_checksums"), started=start, likelihood_run=run_dir,

@@ -43,6 +43,7 @@ __all__ = [
     "NLL_UNIT",
     "NLL_VERSION",
     "nll_settings",
+    "nll_unit",
     "representation_digest",
     "likelihood_entry",
 ]
@@ -54,6 +55,8 @@ NLL_METRIC = "nll_test"
 NLL_VERSION = "1.0"
 """Version of the entry's definition (bumped when what is computed changes, as every metric's ``version``)."""
 NLL_UNIT = "nats per crystal"
+"""The unit of a crystal model's value; a composition model's is ``nats per composition``
+(:func:`nll_unit`)."""
 NLL_SPACE_KEY = "nll_space"
 """The entry's key naming the variable the likelihood is of; the board compares values only within one space
 (and one fitted representation, ``representation_sha256``)."""
@@ -62,6 +65,15 @@ _DESCRIPTION = (
     "negative log-likelihood of the test split in nats per crystal (mean over the crystals the run's "
     "representation encodes); exact or an upper bound as nll_kind says; compared only within one nll_space"
 )
+
+
+def nll_unit(item: str = "crystal") -> str:
+    """The unit of ``nll_test`` for samples that are ``item`` (``crystal``, ``composition``)."""
+    return f"nats per {item}"
+
+
+def _description(item: str) -> str:
+    return _DESCRIPTION.replace("crystal", item)
 
 
 def nll_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -106,7 +118,7 @@ def _declares_likelihood(cfg: DictConfig) -> bool:
 
 
 def likelihood_entry(
-    cfg: DictConfig, run_dir: str | Path, test: Sequence[Any], train: Sequence[Any]
+    cfg: DictConfig, run_dir: str | Path, test: Sequence[Any], train: Sequence[Any], item: str = "crystal"
 ) -> dict[str, Any] | None:
     """The ``nll_test`` entry of the run in ``run_dir`` on the ``test`` structures, or None when the model
     declares no likelihood or ``evaluate.nll.enabled`` is false.
@@ -114,9 +126,11 @@ def likelihood_entry(
     Args:
         cfg: The evaluate config (``evaluate.nll`` settings; ``trainer.accelerator`` picks the device).
         run_dir: The trained run (checkpoint, fitted representation, saved config).
-        test: The evaluation split's structures.
+        test: The evaluation split's structures (or, on the composition track, formulas: whatever the run's
+            representation encodes).
         train: The training split's structures (a seeded subset of ``fit_limit`` fits the model's likelihood
             settings; never the test structures).
+        item: What one item is, for the unit (``nats per <item>``) and the description.
     """
     settings = nll_settings(cfg)
     if not settings["enabled"] or not _declares_likelihood(cfg):
@@ -157,11 +171,11 @@ def likelihood_entry(
     entry: dict[str, Any] = {
         "value": math.nan,
         "direction": "min",
-        "description": _DESCRIPTION,
+        "description": _description(item),
         "version": NLL_VERSION,
         "nll_kind": spec.kind,
         "nll_estimator": spec.estimator,
-        "nll_unit": NLL_UNIT,
+        "nll_unit": nll_unit(item),
         NLL_SPACE_KEY: module.nll_space(),
         "nll_definition": spec.description,
         "representation_sha256": representation_digest(codec),
@@ -174,17 +188,18 @@ def likelihood_entry(
         **fitted,
     }
     if not scored:
-        entry["reason"] = "the run's representation encodes none of the test structures"
+        noun = "structures" if item == "crystal" else f"{item}s"
+        entry["reason"] = f"the run's representation encodes none of the test {noun}"
     elif not bool(finite.all()):
-        entry["reason"] = f"{entry['n_nonfinite']} test crystals have a non-finite NLL"
+        entry["reason"] = f"{entry['n_nonfinite']} test {item}s have a non-finite NLL"
     else:
         entry["value"] = float(per_crystal.mean())
         entry["std"] = float(per_crystal.std()) if len(per_crystal) > 1 else None
         entry["sem"] = entry["std"] / math.sqrt(len(per_crystal)) if entry["std"] is not None else None
     entry["seconds"] = round(time.perf_counter() - start, 4)
     if entry["n_not_encoded"]:
-        log.warning("%s: %d of %d test structures cannot be encoded by the run's representation and are left "
-                    "out of the NLL", NLL_METRIC, entry["n_not_encoded"], len(test))
-    log.info("%s = %.6g %s (%s, %s) over %d crystals", NLL_METRIC, entry["value"], NLL_UNIT, spec.kind,
-             spec.estimator, len(scored))
+        log.warning("%s: %d of %d test %ss cannot be encoded by the run's representation and are left "
+                    "out of the NLL", NLL_METRIC, entry["n_not_encoded"], len(test), item)
+    log.info("%s = %.6g %s (%s, %s) over %d %ss", NLL_METRIC, entry["value"], entry["nll_unit"], spec.kind,
+             spec.estimator, len(scored), item)
     return entry

@@ -229,6 +229,8 @@ def _key_message(err: Exception, parsed: list[Any], first_cell: list[str], compo
 
 # Overrides that decide which data files a cell reads (the others are held at their first value).
 _DATA_KEYS = ("dataset", "experiment", "paths")
+# The track of a dataset config with ``track: composition`` (bench.tracks): one file holds all its splits.
+_COMPOSITION = "composition"
 
 
 def check_sweep_data(argv: Sequence[str]) -> str | None:
@@ -264,6 +266,8 @@ def check_sweep_data(argv: Sequence[str]) -> str | None:
             continue
         ds = cfg.dataset
         splits = {OmegaConf.select(ds, key) for key in ("train_split", "eval_split")}
+        if OmegaConf.select(ds, "track", default=None) == _COMPOSITION:  # one file holds every split
+            splits = {_COMPOSITION}
         where = (as_path(OmegaConf.select(cfg, "paths.data_dir", default=None)), cache_dir(cfg),
                  bool(OmegaConf.select(cfg, "paths.download", default=True)))
         for split in sorted(str(s) for s in splits if s is not None):
@@ -299,15 +303,21 @@ def _data_cells(overrides: list[str]) -> list[tuple[list[str], str]] | None:
 def _resolve_all(needed: dict[tuple[Any, ...], list[str]]) -> str | None:
     """Find or fetch each needed file once; the message for the first that cannot be had."""
     from bench.datasets import ChecksumMismatchError, DatasetUnavailableError, get_spec, resolve_file
+    from bench.datasets.compositions import COMPOSITIONS_FOLDER, resolve_composition_file
 
     for (name, split, data_dir, cache, download), cells in needed.items():
-        spec = get_spec(name)
-        if spec.builtin:
-            continue
         try:
+            if split == _COMPOSITION:  # a composition dataset: its one pinned file
+                what = f"{COMPOSITIONS_FOLDER}/{name}.csv"
+                resolve_composition_file(name, data_dir=data_dir, cache_dir=cache, download=download)
+                continue
+            spec = get_spec(name)
+            if spec.builtin:
+                continue
+            what = f"{name}/{split}.csv"
             resolve_file(spec, split, data_dir=data_dir, cache_dir=cache, download=download)
         except (DatasetUnavailableError, ChecksumMismatchError) as err:
             which = sorted({c for c in cells if c}) or ["every cell"]
-            return (f"this sweep needs {name}/{split}.csv ({', '.join(which)}), and it cannot be used, so no "
+            return (f"this sweep needs {what} ({', '.join(which)}), and it cannot be used, so no "
                     f"cell was run: {err}")
     return None

@@ -25,7 +25,9 @@ from bench.records import ResultRecord
 from bench.runtime import load_dataset_split, seed_everything
 from bench.structures_io import SampleSet
 
-__all__ = ["REFERENCE_KINDS", "reference_samples", "random_crystals", "score_reference"]
+__all__ = [
+    "REFERENCE_KINDS", "crystal_reference", "reference_samples", "random_crystals", "score_reference",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,16 @@ def reference_samples(cfg: DictConfig, kind: str) -> SampleSet:
 
 
 def score_reference(cfg: DictConfig) -> tuple[ResultRecord, Path | None]:
-    """Score the reference row ``cfg.reference`` (test / copy / random) and write its record."""
+    """Score the reference row ``cfg.reference`` of ``cfg.dataset``'s track and write its record: test /
+    copy / random crystals here, test / val / random formulas on the composition track
+    (:func:`bench.composition_stages.score_reference`)."""
+    from bench.tracks import track_of_dataset
+
+    return track_of_dataset(cfg).reference(cfg)
+
+
+def crystal_reference(cfg: DictConfig) -> tuple[ResultRecord, Path | None]:
+    """Score the crystal reference row ``cfg.reference`` (test / copy / random) and write its record."""
     from bench.evaluate import score
 
     kind = cfg.get("reference")

@@ -58,13 +58,17 @@ def run(cfg: DictConfig) -> tuple[ResultRecord | None, Path | None]:
     samples, evaluates and writes the record; the others return ``(None, None)``.
 
     Raises:
+        bench.tracks.TrackMismatchError: the model and the dataset belong to different tracks (before any
+            stage runs; no record is written).
         Exception: the error of the failing stage, after its ``failed`` record has been written.
     """
     from bench.evaluate import evaluate
     from bench.runtime import env_rank
     from bench.sample import sample
+    from bench.tracks import check_track
     from bench.train import train
 
+    check_track(cfg)  # a model of the other track is refused in one line, with no failed record to clutter
     stage = "train"
     try:
         summary = _reusable_training(cfg) or train(cfg)

@@ -12,7 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from bench.config import as_path, cache_dir
 
-__all__ = ["set_threads", "seed_everything", "load_dataset_split", "split_info", "env_rank"]
+__all__ = [
+    "crystal_split_protocol", "env_rank", "load_dataset_split", "seed_everything", "set_threads",
+    "split_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +75,45 @@ def load_dataset_split(cfg: DictConfig, split: str, limit: int | None = None, ni
     )
 
 
+def crystal_split_protocol(ds: Any) -> dict[str, Any]:
+    """The crystal track's split protocol of a dataset node: which split trained, which was the reference,
+    whether it is the official protocol, the row caps, and its ``label`` and ``id``
+    (:func:`bench.datasets.split_protocol`)."""
+    from bench.datasets import is_official_protocol, split_protocol
+
+    label, ident = split_protocol(ds)
+    return {
+        "train": ds.train_split,
+        "eval": ds.eval_split,
+        "val": OmegaConf.select(ds, "val_split", default=None),
+        "official": is_official_protocol(ds),
+        "limit_train": OmegaConf.select(ds, "limit_train", default=None),
+        "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
+        "label": label,
+        "id": ident,
+    }
+
+
 def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any]:
     """The protocol of a run: which split trained, which was the reference, whether it is official, and how
     many structures were scored.
 
-    The pinned experiment (``protocol``, set by ``conf/experiment/*``) and the sample count are part of the
-    protocol (``label`` and ``id``): an ad-hoc run on the same splits is never pooled with a pinned protocol's
-    runs, and since COV-R and uniqueness depend on the sample count, 1,000-sample rows are never ranked
-    against 10,000-sample rows.
+    The dataset's track names its splits (:mod:`bench.tracks`: the crystal datasets' split files, the
+    composition datasets' seeded split). The pinned experiment (``protocol``, set by ``conf/experiment/*``)
+    and the sample count are part of the protocol (``label`` and ``id``): an ad-hoc run on the same splits is
+    never pooled with a pinned protocol's runs, and since COV-R and uniqueness depend on the sample count,
+    1,000-sample rows are never ranked against 10,000-sample rows.
 
     Args:
         cfg: the run config.
         num_samples: structures actually scored (default: ``cfg.sample.num_samples``).
     """
-    from bench.datasets import is_official_protocol, split_protocol, split_protocol_id
+    from bench.tracks import TRACKS, dataset_track
 
-    ds = cfg.dataset
     if num_samples is None:
         num_samples = OmegaConf.select(cfg, "sample.num_samples", default=None)
-    label = split_protocol(ds).label
-    ident = split_protocol_id(ds)
+    info = TRACKS[dataset_track(cfg)].split_protocol(cfg.dataset)
+    label, ident = info.pop("label"), info.pop("id")
     pinned = OmegaConf.select(cfg, "protocol", default=None)
     if pinned:  # a pinned experiment: its runs are never pooled with ad-hoc runs on the same splits
         label = f"{pinned}: {label}"
@@ -100,12 +122,7 @@ def split_info(cfg: DictConfig, num_samples: int | None = None) -> dict[str, Any
         label = f"{label}, {int(num_samples):,} samples"
         ident = f"{ident}_n{int(num_samples)}"
     return {
-        "train": ds.train_split,
-        "eval": ds.eval_split,
-        "val": OmegaConf.select(ds, "val_split", default=None),
-        "official": is_official_protocol(ds),
-        "limit_train": OmegaConf.select(ds, "limit_train", default=None),
-        "limit_eval": OmegaConf.select(ds, "limit_eval", default=None),
+        **info,
         "protocol": pinned or None,
         "num_samples": None if num_samples is None else int(num_samples),
         "label": label,

@@ -1,5 +1,7 @@
 """The sample stage: load a trained run, draw structures with a seeded generator, decode, write the samples
 file; a conditional model may be sampled at requested property values (``+sample.condition.<column>=[...]``).
+A composition model (``track: composition``) is sampled the same way into a file of formulas
+(:mod:`bench.tracks`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from bench.config import training_hash
 from bench.records import peak_memory_mb
 from bench.rundirs import find_trained_run, samples_path, sampling_hash
 from bench.runtime import seed_everything, set_threads
-from bench.structures_io import write_samples_csv
+from bench.tracks import check_track
 
 __all__ = ["sample"]
 
@@ -28,7 +30,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     """Sample ``cfg.sample.num_samples`` crystals from the trained run of ``cfg``; return the sample summary.
 
     The run is :func:`bench.rundirs.find_trained_run` (checked against ``cfg``'s training hash); the samples
-    go to :func:`bench.rundirs.samples_path`.
+    go to :func:`bench.rundirs.samples_path`, written by the run's track (:mod:`bench.tracks`: CIFs for
+    crystals, formulas for compositions), one row per requested item.
 
     A conditional model (its class sets ``conditional = True``; trained with ``model.condition`` or
     ``representation.condition``) is sampled at requested property values, in the data's units::
@@ -47,6 +50,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     distribution), and scored by the usual suite.
 
     Raises:
+        bench.tracks.TrackMismatchError: the model and the dataset belong to different tracks.
         bench.rundirs.RunMismatchError: ``paths.run_dir`` holds a run trained with another config.
         FileNotFoundError: no trained run for ``cfg``.
         bench.conditioning.ConditionRequestError: ``sample.condition`` for an unconditional model, for a
@@ -55,11 +59,13 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     """
     if int(cfg.sample.num_samples) < 1:
         raise ValueError(f"sample.num_samples={cfg.sample.num_samples}: zero samples give no result")
+    track = check_track(cfg)  # a model of the other track is one line, before anything is loaded
     requested = requested_condition(cfg)  # bad values are refused before anything is loaded
     set_threads(cfg.threads)
     import torch
     from tqdm.auto import tqdm
 
+    from bench.datasets.representation import DecodeFailure
     from bench.train import load_trained
 
     set_threads(cfg.threads)
@@ -76,7 +82,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
 
     items: list[Any] = []
     start = time.perf_counter()
-    with torch.no_grad(), tqdm(total=n_total, desc=f"sampling {saved.model.name}", unit="crystal") as bar:
+    with torch.no_grad(), tqdm(total=n_total, desc=f"sampling {saved.model.name}", unit=track.item) as bar:
         done = 0
         while done < n_total:
             n = min(batch_size, n_total - done)
@@ -94,7 +100,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     sample_seconds = time.perf_counter() - start
-    n_failed = sum(1 for it in items if not hasattr(it, "lattice"))
+    n_failed = sum(1 for it in items if isinstance(it, DecodeFailure))
     summary = {
         "model": saved.model.name,
         "family": saved.model.family,
@@ -118,12 +124,12 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         summary["condition"] = plan.values
         summary["condition_counts"] = plan.counts
         summary["variant"] = f"{summary['variant']}+{condition_tag(plan.values)}"
-    path = write_samples_csv(samples_path(cfg), items, meta=summary,
-                             conditions=None if plan is None else plan.per_item)
+    path = track.write_samples(samples_path(cfg), items, meta=summary,
+                               conditions=None if plan is None else plan.per_item)
     summary["path"] = str(path)
     log.info(
-        "sampled %d crystals in %.1f s (%.1f/s); %d could not be decoded; written to %s",
-        n_total, sample_seconds, summary["samples_per_second"] or 0.0, n_failed, path,
+        "sampled %d %ss in %.1f s (%.1f/s); %d could not be decoded; written to %s",
+        n_total, track.item, sample_seconds, summary["samples_per_second"] or 0.0, n_failed, path,
     )
     return summary
 
@@ -139,8 +145,7 @@ def _prepare_sampler(cfg: DictConfig, module: Any, codec: Any, run_dir: Any) -> 
     """
     from pathlib import Path
 
-    from bench.runtime import load_dataset_split
-    from bench.train import _encode_split
+    from bench.tracks import check_track
 
     sampler = getattr(module, "sampler", None)
     if not getattr(sampler, "needs_data", False):
@@ -151,10 +156,11 @@ def _prepare_sampler(cfg: DictConfig, module: Any, codec: Any, run_dir: Any) -> 
             f"{cfg.model.get('name', '?')} ({type(module).__name__}) cannot provide: choose another sampler"
         )
     start = time.perf_counter()
-    split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
-    module.prepare_sampler(_encode_split(codec, split), cache_dir=Path(run_dir) / "sampler_cache")
+    track = check_track(cfg)
+    data = track.training_data(cfg, codec, fit=False, with_val=False)  # the run's fitted representation
+    module.prepare_sampler(data.train, cache_dir=Path(run_dir) / "sampler_cache")
     seconds = time.perf_counter() - start
-    log.info("%s prepared on %d training structures in %.1f s", type(sampler).__name__, len(split.structures),
+    log.info("%s prepared on %d training %ss in %.1f s", type(sampler).__name__, data.n_train, track.item,
              seconds)
     return seconds
 

@@ -20,8 +20,12 @@ from bench.io_utils import atomic_write_json, atomic_write_text
 from bench.records import peak_memory_mb
 from bench.rundirs import bind_run_dir, check_run, sampler_override, trained_run_files
 from bench.runtime import env_rank, load_dataset_split, seed_everything, set_threads
+from bench.tracks import TrainingData
 
-__all__ = ["train", "build_module", "load_trained", "model_callbacks", "stage_plan", "DictDataset"]
+__all__ = [
+    "train", "build_module", "crystal_training_data", "load_trained", "model_callbacks", "stage_plan",
+    "DictDataset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +106,40 @@ def _encode_split(representation: Any, split: Any, fit: bool = False) -> dict[st
         raise ConditionError(f"dataset {split.name}, split {split.split}: {err}") from err
 
 
+def crystal_training_data(
+    cfg: DictConfig, representation: Any, fit: bool = True, with_val: bool = True
+) -> TrainingData:
+    """The crystal track's training data: the training split of ``cfg.dataset`` (``limit_train`` rows at
+    most), the representation fitted on it when ``fit``, encoded; with ``with_val`` and a
+    ``dataset.val_split``, the validation structures the representation can encode (the others are counted
+    in a warning and left out of ``val/loss``)."""
+    train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
+    log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split,
+             len(train_split.structures))
+    train_batch = _encode_split(representation, train_split, fit=fit)
+    val_batch = None
+    val_name = cfg.dataset.get("val_split") if with_val else None
+    if val_name:
+        val_split = load_dataset_split(cfg, val_name, limit=cfg.dataset.get("limit_eval"))
+        usable = [i for i, s in enumerate(val_split.structures) if representation.can_encode(s)]
+        if len(usable) < len(val_split.structures):
+            log.warning(
+                "validation split %s: %d of %d structures left out of val/loss (the representation cannot "
+                "encode them: e.g. elements unseen in training or more than max_atoms sites)", val_name,
+                len(val_split.structures) - len(usable), len(val_split.structures),
+            )
+        if usable:
+            val_split = dataclasses.replace(
+                val_split, structures=[val_split.structures[i] for i in usable],
+                properties={k: v[usable] for k, v in val_split.properties.items()},
+            )
+            val_batch = _encode_split(representation, val_split)
+    return TrainingData(
+        train=train_batch, val=val_batch, n_train=len(train_split.structures),
+        n_skipped=train_split.n_skipped, checksums={cfg.dataset.train_split: train_split.checksums},
+    )
+
+
 class _LossHistory:
     """Collects ``train/loss`` per optimiser step so the record can show that training lowered the loss."""
 
@@ -144,7 +182,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     every process trains, the rank-zero process alone writes files, and the summary says ``global_zero`` so
     callers can tell them apart.
 
+    The training data come from the dataset's track (:mod:`bench.tracks`): the crystal split files, or on
+    the composition track the formulas of the seeded split that the representation can encode (the others
+    are counted in ``n_train_skipped``, with their reasons in ``train_skipped_reasons``).
+
     Raises:
+        bench.tracks.TrackMismatchError: the model and the dataset belong to different tracks.
         bench.models.NonFiniteLossError: the loss became NaN or infinite (the message names the step).
         bench.datasets.ConditionError: a condition column (``representation.condition``, else
             ``model.condition``) is missing or has missing values (the message names the dataset, the split
@@ -154,7 +197,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     from bench.conditioning import condition_columns
     from bench.config import representation_node
+    from bench.tracks import check_track
 
+    track = check_track(cfg)  # a model of the other track is one line, before any data is read
     condition = condition_columns(cfg)  # before any hash: a bad model.condition is one line, no traceback
     set_threads(cfg.threads)
     import pytorch_lightning as pl
@@ -170,35 +215,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_run(run_dir, cfg)  # resume only a checkpoint of this very training
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    train_split = load_dataset_split(cfg, cfg.dataset.train_split, limit=cfg.dataset.get("limit_train"))
-    log.info("training on %s/%s: %d structures", cfg.dataset.name, cfg.dataset.train_split,
-             len(train_split.structures))
     # the condition a conditional model's config names (model.condition) joins the representation it is
     # built with; the config itself is left as composed, so every stage computes the same hashes from it
     representation = build_representation({"representation": {**representation_node(cfg),
                                                                "condition": list(condition)}})
+    data = track.training_data(cfg, representation)  # loaded, the representation fitted, encoded
     train_loader = _loader(
-        DictDataset(_encode_split(representation, train_split, fit=True)),
-        int(cfg.train.batch_size), True, int(cfg.seed), int(cfg.train.num_workers),
+        DictDataset(data.train), int(cfg.train.batch_size), True, int(cfg.seed), int(cfg.train.num_workers),
     )
     val_loader = None
-    val_name = cfg.dataset.get("val_split")
-    if val_name:
-        val_split = load_dataset_split(cfg, val_name, limit=cfg.dataset.get("limit_eval"))
-        usable = [i for i, s in enumerate(val_split.structures) if representation.can_encode(s)]
-        if len(usable) < len(val_split.structures):
-            log.warning(
-                "validation split %s: %d of %d structures left out of val/loss (the representation cannot "
-                "encode them: e.g. elements unseen in training or more than max_atoms sites)", val_name,
-                len(val_split.structures) - len(usable), len(val_split.structures),
-            )
-        if usable:
-            val_split = dataclasses.replace(
-                val_split, structures=[val_split.structures[i] for i in usable],
-                properties={k: v[usable] for k, v in val_split.properties.items()},
-            )
-            val_loader = _loader(DictDataset(_encode_split(representation, val_split)),
-                                 int(cfg.train.batch_size), False, 0, 0)
+    if data.val is not None:
+        val_loader = _loader(DictDataset(data.val), int(cfg.train.batch_size), False, 0, 0)
 
     module = build_module(cfg.model, representation.sizes())
     module.fit_data(train_loader.dataset.batch)
@@ -231,9 +258,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "model": cfg.model.name,
         "dataset": cfg.dataset.name,
         "train_split": cfg.dataset.train_split,
-        "n_train": len(train_split.structures),
-        "n_train_skipped": train_split.n_skipped,
-        "data_checksums": {cfg.dataset.train_split: train_split.checksums},
+        "n_train": data.n_train,
+        "n_train_skipped": data.n_skipped,
+        "data_checksums": data.checksums,
         "steps": steps,
         "epochs": int(trainer.current_epoch),
         "max_steps": max_steps,
@@ -254,6 +281,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "world_size": int(trainer.world_size),
         "global_zero": bool(trainer.is_global_zero),
     }
+    if data.skipped_reasons:  # why training items were left out, reason -> count
+        summary["train_skipped_reasons"] = data.skipped_reasons
     if stages is not None:  # each stage's own cost and loss; the loss above is the last stage's
         summary["stages"] = stages
     if not trainer.is_global_zero:

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 __all__ = [
     "MODELS",
     "MODEL_CLASSES",
+    "CompositionD3PM",
+    "CompositionGPT",
+    "CompositionMADE",
+    "CompositionMarginal",
+    "CompositionRealNVP",
+    "CompositionVAE",
     "CrystalCDVAE",
     "CrystalCNF",
     "CrystalCGAN",
@@ -53,6 +59,7 @@ __all__ = [
     "CrystalVQVAE2",
     "CrystalWGANGP",
     "GenerativeModule",
+    "MatGAN",
     "NonFiniteLossError",
     "PeriodicMPNN",
     "UnknownModelError",
@@ -86,6 +93,13 @@ MODEL_CLASSES: dict[str, str] = {
     "CrystalCNF": "bench.models.flow.cnf:CrystalCNF",
     "CrystalFlowMatching": "bench.models.flow_matching.model:CrystalFlowMatching",
     "CrystalGPT": "bench.models.autoregressive.gpt:CrystalGPT",
+    "CompositionMarginal": "bench.models.composition.marginal:CompositionMarginal",
+    "CompositionGPT": "bench.models.composition.gpt:CompositionGPT",
+    "CompositionMADE": "bench.models.composition.made:CompositionMADE",
+    "CompositionD3PM": "bench.models.composition.d3pm:CompositionD3PM",
+    "CompositionRealNVP": "bench.models.composition.realnvp:CompositionRealNVP",
+    "MatGAN": "bench.models.composition.matgan:MatGAN",
+    "CompositionVAE": "bench.models.composition.vae:CompositionVAE",
 }
 """Model class name -> ``"module:Class"`` (the module that defines it)."""
 

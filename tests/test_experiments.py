@@ -23,6 +23,11 @@ def test_experiment_composes(name: str) -> None:
     cfg = compose([f"experiment={name}", "model=vae"])
     assert name.startswith(f"{cfg.dataset.name}_") and cfg.protocol in (name, None)
     assert cfg.dataset.eval_split == "test"
+    if cfg.dataset.get("track") == "composition":  # the pinned split of the composition track
+        assert (cfg.dataset.train_split, cfg.dataset.split_seed) == ("train", 0)
+        assert list(cfg.dataset.fractions) == [0.8, 0.1, 0.1]
+        assert cfg.sample.num_samples == cfg.metrics.distribution.max_samples == 1000
+        return
     assert "cov_recall" in cfg.metrics.names
     if name.endswith("_official"):
         assert cfg.dataset.train_split == "train" and cfg.sample.num_samples == 10_000

@@ -1,13 +1,16 @@
 """Contract tests of the model zoo: every model config trains, samples, decodes, reloads and is deterministic.
 
 Each model is built from the real Hydra config (``conf/config.yaml`` with ``model=<name>``), shrunk to tiny
-widths, and trained with a real Lightning ``Trainer`` on the project's tiny dataset encoded by the real codec.
+widths, and trained with a real Lightning ``Trainer`` on its track's tiny data set encoded by the real
+representation: the project's tiny structures and the crystal codec, or (a config with ``track: composition``)
+a few dozen formulas and the composition count matrix.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from bench.datasets.codec import CrystalCodec, DecodeFailure
+from bench.datasets.composition_representation import CompositionCounts
 from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
 from bench.models.diffusion.processes import VPGaussian
@@ -32,6 +36,15 @@ CONF_DIR = REPO_ROOT / "conf"
 MODEL_NAMES = sorted(MODELS)
 
 TRAIN_STEPS = 40
+
+TINY_FORMULAS = (
+    "NaCl", "KCl", "LiF", "CsBr", "MgO", "CaO", "BaO", "ZnS", "GaAs", "InP", "SiC", "Al2O3", "Fe2O3", "Cr2O3",
+    "TiO2", "SiO2", "SnO2", "MnO2", "Fe3O4", "Co3O4", "MgAl2O4", "SrTiO3", "BaTiO3", "CaTiO3", "LaFeO3",
+    "LiFePO4", "Li2O", "Na2O", "K2S", "CuO", "Cu2O", "NiO", "ZnO", "Si", "Cu", "Al", "Fe", "FeNi", "Ni3Al",
+    "TiAl", "Mg2Si", "YBa2Cu3O7",
+)
+"""The composition models' tiny data set: a few dozen formulas that the count matrix encodes (at most 8 atoms
+of one element), with one to four elements."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -57,8 +70,14 @@ def tiny_config(name: str, overrides: list[str] | None = None) -> DictConfig:
     return compose_model(name, [*own, *(overrides or [])])
 
 
-def build(cfg: DictConfig, codec: CrystalCodec) -> GenerativeModule:
-    return hydra.utils.instantiate(cfg.module, num_types=codec.num_types, max_atoms=codec.max_atoms)
+def build(cfg: DictConfig, representation: Any) -> GenerativeModule:
+    """The model of ``cfg`` built with the fitted representation's sizes, as the train stage builds it."""
+    return hydra.utils.instantiate(cfg.module, **representation.sizes())
+
+
+def track_of(cfg: DictConfig) -> str:
+    """A model config's track: its ``track`` key, ``crystal`` when absent."""
+    return str(cfg.get("track") or "crystal")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +88,28 @@ def codec() -> CrystalCodec:
 @pytest.fixture(scope="module")
 def batch(codec: CrystalCodec) -> dict[str, torch.Tensor]:
     return codec.encode(tiny_structures("train"))
+
+
+@dataclass(frozen=True)
+class TrackData:
+    """A track's tiny data set for the contract test."""
+
+    representation: Any
+    batch: dict[str, torch.Tensor]
+    seed_key: str
+    """A field that samples from two generator seeds must differ in."""
+    check_format: Callable[[dict[str, torch.Tensor], int, Any], None]
+    decoded_types: tuple[type, ...]
+
+
+@pytest.fixture(scope="module")
+def tracks(codec: CrystalCodec, batch: dict[str, torch.Tensor]) -> dict[str, TrackData]:
+    counts = CompositionCounts().fit(TINY_FORMULAS)
+    return {
+        "crystal": TrackData(codec, batch, "lattice", assert_batch_format, (Structure, DecodeFailure)),
+        "composition": TrackData(counts, counts.encode(TINY_FORMULAS), "counts", assert_counts_format,
+                                 (str, DecodeFailure)),
+    }
 
 
 class _LossHistory(pl.Callback):
@@ -113,6 +154,15 @@ def assert_batch_format(out: dict[str, torch.Tensor], n: int, codec: CrystalCode
     assert torch.all(out["frac_coords"][out["mask"] == 0] == 0)
 
 
+def assert_counts_format(out: dict[str, torch.Tensor], n: int, representation: CompositionCounts) -> None:
+    """A composition sample: ``counts`` ``[n, E, L]`` float32, one-hot or probabilities over the levels."""
+    sizes = representation.sizes()
+    counts = out["counts"]
+    assert counts.shape == (n, sizes["num_elements"], sizes["num_levels"])
+    assert counts.dtype == torch.float32 and torch.all(torch.isfinite(counts)) and torch.all(counts >= 0)
+    torch.testing.assert_close(counts.sum(-1), torch.ones(n, sizes["num_elements"]))
+
+
 def test_registry_matches_configs() -> None:
     names = {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
     assert names == set(MODELS)
@@ -127,9 +177,7 @@ def test_registry_matches_configs() -> None:
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_model_contract(
-    name: str, codec: CrystalCodec, batch: dict[str, torch.Tensor], tmp_path: Path
-) -> None:
+def test_model_contract(name: str, tracks: dict[str, TrackData], tmp_path: Path) -> None:
     """Train on one fixed batch, sample, decode, checkpoint, reload, and sample identically.
 
     Progress: for likelihood-style models (VAE, DDPM, RealNVP) the logged ``train/loss`` falls. For the
@@ -139,7 +187,9 @@ def test_model_contract(
     """
     pl.seed_everything(0, verbose=False)
     cfg = tiny_config(name)
-    model = build(cfg, codec)
+    data = tracks[track_of(cfg)]
+    representation, batch = data.representation, data.batch
+    model = build(cfg, representation)
     assert type(model) is MODELS[name] and model.num_parameters() > 0
     model.fit_data(batch)
 
@@ -158,19 +208,20 @@ def test_model_contract(
     first = model.sample(n, generator=torch.Generator().manual_seed(123))
     again = model.sample(n, generator=torch.Generator().manual_seed(123))
     other = model.sample(n, generator=torch.Generator().manual_seed(7))
-    assert_batch_format(first, n, codec)
+    data.check_format(first, n, representation)
     for key in first:
         assert torch.equal(first[key], again[key]), f"{name}: sampling is not deterministic in {key}"
-    assert not torch.equal(first["lattice"], other["lattice"]), f"{name}: the generator seed is ignored"
+    key = data.seed_key
+    assert not torch.equal(first[key], other[key]), f"{name}: the generator seed is ignored"
 
-    decoded = codec.decode(first)
+    decoded = representation.decode(first)
     assert len(decoded) == n
-    assert all(isinstance(s, Structure | DecodeFailure) for s in decoded)
+    assert all(isinstance(s, data.decoded_types) for s in decoded)
 
     path = tmp_path / f"{name}.ckpt"
     trainer.save_checkpoint(path)
     state = torch.load(path, weights_only=True)["state_dict"]
-    fresh = build(cfg, codec)  # no fit_data: whatever the model learnt from the data is in its checkpoint
+    fresh = build(cfg, representation)  # no fit_data: what it learnt from the data is in its checkpoint
     fresh.load_state_dict(state)
     reloaded = fresh.sample(n, generator=torch.Generator().manual_seed(123))
     for key in first:
@@ -178,19 +229,21 @@ def test_model_contract(
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_unconditional_models_reject_conditions(name: str, codec: CrystalCodec) -> None:
-    model = build(tiny_config(name), codec)
+def test_unconditional_models_reject_conditions(name: str, tracks: dict[str, TrackData]) -> None:
+    cfg = tiny_config(name)
+    model = build(cfg, tracks[track_of(cfg)].representation)
     with pytest.raises(ValueError, match="unconditional"):
         model.sample(2, condition=torch.zeros(2, 1))
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_every_parameter_gets_a_gradient(
-    name: str, codec: CrystalCodec, batch: dict[str, torch.Tensor]
-) -> None:
+def test_every_parameter_gets_a_gradient(name: str, tracks: dict[str, TrackData]) -> None:
     """No dead parameters: DDP (``trainer=ddp``) refuses parameters that never receive a gradient."""
     torch.manual_seed(0)
-    model = build(tiny_config(name), codec)
+    cfg = tiny_config(name)
+    data = tracks[track_of(cfg)]
+    batch = data.batch
+    model = build(cfg, data.representation)
     model.fit_data(batch)
     sum(model.training_objectives(batch)).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None]

@@ -33,7 +33,10 @@ __all__ = [
     "COST_DIRECTIONS",
     "INTERVAL_COSTS",
     "PREFERRED_METRICS",
+    "COMPOSITION_METRIC_ORDER",
+    "COMPOSITION_QUALITY_METRIC",
     "QUALITY_METRIC",
+    "QUALITY_METRICS",
     "RERUN_KINDS",
     "MetricSummary",
     "Row",
@@ -49,6 +52,7 @@ __all__ = [
     "rank_summaries",
     "pareto_front",
     "quality",
+    "quality_metric",
     "total_seconds",
     "sort_rows",
     "dataset_rank",
@@ -62,6 +66,20 @@ RERUN_KINDS = frozenset({"run", "external"})
 # The headline quality: valid AND unique AND novel per structure, over all samples (stored by the metric
 # suite, bench.metrics.novelty.VUNRate).
 QUALITY_METRIC = "vun_rate"
+# The composition track's headline quality: SMACT-valid AND unique AND novel per formula, over all samples
+# (bench.metrics.composition_track.CompVUNRate).
+COMPOSITION_QUALITY_METRIC = "comp_vun_rate"
+# The composition track's metrics in board order (bench.metrics.composition_track.COMPOSITION_METRICS); a
+# dataset's rows are of one track, so its table shows one group or the other.
+COMPOSITION_METRIC_ORDER = (
+    "comp_smact_valid",
+    "comp_unique",
+    "comp_novel",
+    COMPOSITION_QUALITY_METRIC,
+    "comp_jsd_elements",
+    "comp_magpie_fd",
+    "comp_wdist_prop",
+)
 # Column order on the board; metrics not listed follow alphabetically.
 PREFERRED_METRICS = (
     "valid",
@@ -75,7 +93,10 @@ PREFERRED_METRICS = (
     "wdist_density",
     "wdist_num_elems",
     "wdist_prop",
+    *COMPOSITION_METRIC_ORDER,
 )
+# The metrics the quality axis of the quality-versus-cost plot reads, the first a row has.
+QUALITY_METRICS = (QUALITY_METRIC, "valid", COMPOSITION_QUALITY_METRIC, "comp_smact_valid")
 COST_KEYS = (
     "parameters",
     "train_seconds",
@@ -158,6 +179,9 @@ class Row:
     sampling: Sampling | None = None
     """The trained variant and sampler family of the row's runs (:func:`bench.leaderboard.sampling.
     sampling_of`); None for published rows."""
+    track: str = "crystal"
+    """What the row's samples are: ``crystal``, or ``composition`` for the composition track's records (their
+    ``split.track``)."""
 
     @property
     def name(self) -> str:
@@ -281,6 +305,7 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
         status=status,
         seeds=tuple(sorted(r.seed for r in records)),
         sampling=_sampling(records),
+        track=str(first.split.get("track") or "crystal"),
     )
     if status != "complete":
         row.reason = _reason(records)
@@ -473,13 +498,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def quality(row: Row) -> float | None:
-    """The y axis of the quality-versus-cost plot: mean ``vun_rate``, else mean ``valid``."""
-    for name in (QUALITY_METRIC, "valid"):
+def quality_metric(row: Row) -> str | None:
+    """The metric the quality-versus-cost plot reads for ``row``: the first of :data:`QUALITY_METRICS` with a
+    mean (``vun_rate``, else ``valid``; ``comp_vun_rate``, else ``comp_smact_valid`` on the composition
+    track), None when it has none."""
+    for name in QUALITY_METRICS:
         summary = row.metrics.get(name)
         if summary is not None and summary.mean is not None:
-            return summary.mean
+            return name
     return None
+
+
+def quality(row: Row) -> float | None:
+    """The y axis of the quality-versus-cost plot: the mean of :func:`quality_metric`."""
+    name = quality_metric(row)
+    return None if name is None else row.metrics[name].mean
 
 
 def total_seconds(row: Row) -> float | None:

@@ -23,8 +23,10 @@ class Board:
     n_records: int = 0
 
     def datasets(self) -> list[str]:
-        """Datasets with at least one row (own or published), in the usual benchmark order."""
-        return sorted({r.dataset for r in self.rows}, key=dataset_rank)
+        """Datasets with at least one row (own or published), in the usual benchmark order: the crystal
+        datasets first, then the composition track's."""
+        composition = {r.dataset for r in self.rows if r.track == "composition"}
+        return sorted({r.dataset for r in self.rows}, key=lambda d: (d in composition, *dataset_rank(d)))
 
     def own_rows(self, dataset: str) -> list[Row]:
         """Rows of this project's records (runs, external samples, references) on ``dataset``."""

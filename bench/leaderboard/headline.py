@@ -11,22 +11,32 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from bench.leaderboard.aggregate import QUALITY_METRIC, Row
+from bench.leaderboard.aggregate import COMPOSITION_QUALITY_METRIC, QUALITY_METRIC, Row
 
 __all__ = [
-    "SHOW_METRICS", "REFERENCE_MODELS", "short_protocol", "row_label", "row_labels", "train_steps",
-    "protocol_order",
+    "SHOW_METRICS", "REFERENCE_MODELS", "dataset_title", "short_protocol", "row_label", "row_labels",
+    "train_steps", "protocol_order",
 ]
 
 SHOW_METRICS = (
     "valid", QUALITY_METRIC, "cov_recall", "cov_precision", "wdist_density", "jsd_spacegroup",
+    "comp_smact_valid", COMPOSITION_QUALITY_METRIC, "comp_jsd_elements", "comp_magpie_fd", "comp_wdist_prop",
 )
 """The headline metrics: what ``leaderboard show`` prints unless ``--metrics`` says otherwise, and the columns
-of the HTML board's first table."""
+of the HTML board's first table. The crystal track's come first, then the composition track's; a dataset's
+rows belong to one track, so each table shows the headline metrics of its own."""
 
-REFERENCE_MODELS = ("Test", "Random")
-"""The reference rows shown beside the headline: the ceiling (the test split scored as if generated) and the
-floor (random crystals) of every metric (:mod:`bench.references`)."""
+REFERENCE_MODELS = ("Test", "Val", "Random")
+"""The reference rows shown beside the headline: the ceiling (the test split scored as if generated; on the
+composition track also a draw of the validation split) and the floor (random crystals or compositions) of
+every metric (:mod:`bench.references`, :mod:`bench.composition_stages`)."""
+
+
+def dataset_title(dataset: str, rows: Sequence[Row]) -> str:
+    """A dataset's heading: its name, with ``(composition track)`` when its rows are formulas."""
+    if any(r.track == "composition" for r in rows if r.dataset == dataset):
+        return f"{dataset} (composition track)"
+    return dataset
 
 
 def short_protocol(row: Row) -> str:

@@ -17,7 +17,6 @@ from html import escape
 
 from bench.leaderboard.aggregate import (
     INTERVAL_COSTS,
-    QUALITY_METRIC,
     RERUN_KINDS,
     Row,
     best_per_column,
@@ -25,6 +24,7 @@ from bench.leaderboard.aggregate import (
     other_space,
     primary_space,
     quality,
+    quality_metric,
     total_seconds,
 )
 from bench.leaderboard.board import Board
@@ -43,6 +43,7 @@ from bench.leaderboard.format import (
 from bench.leaderboard.headline import (
     REFERENCE_MODELS,
     SHOW_METRICS,
+    dataset_title,
     protocol_order,
     row_labels,
     short_protocol,
@@ -382,6 +383,14 @@ def _published_section(dataset: str, rows: Sequence[Row]) -> str:
     )
 
 
+_QUALITY_LABELS = {
+    "crystal": "valid·unique·novel rate (else valid)",
+    "composition": "comp_vun_rate (else comp_smact_valid)",
+}
+"""The y axis of the quality-versus-cost plot by track
+(:func:`~bench.leaderboard.aggregate.quality_metric`)."""
+
+
 def _scatter(runs: Sequence[Row], labels: dict[int, str], colors: dict[str, str],
              refs: Sequence[Row] = ()) -> str:
     """The quality-versus-cost plot of one protocol's complete runs, every point labelled, the reference rows
@@ -392,7 +401,7 @@ def _scatter(runs: Sequence[Row], labels: dict[int, str], colors: dict[str, str]
         if q is None or x is None or x <= 0:
             missing.append(labels[id(r)])
             continue
-        y_name = QUALITY_METRIC if QUALITY_METRIC in r.metrics else "valid"
+        y_name = quality_metric(r)
         points.append(
             Point(
                 labels[id(r)],
@@ -410,7 +419,7 @@ def _scatter(runs: Sequence[Row], labels: dict[int, str], colors: dict[str, str]
                 colors,
                 title="Quality versus cost",
                 x_label="train + sample seconds (log scale)",
-                y_label="valid·unique·novel rate (else valid)",
+                y_label=_QUALITY_LABELS.get(runs[0].track, _QUALITY_LABELS["crystal"]),
                 refs=[(r.model, q) for r in refs if (q := quality(r)) is not None],
             )
         )
@@ -651,9 +660,11 @@ def _glance_panel(dataset: str, k: int, rows: Sequence[Row], cdvae: Row | None, 
     notes = ["Cells: mean ± standard deviation over seeds, the 95% interval of the mean below; highlighted: "
              "a lead that holds (Welch's t-test)."]
     if refs:
+        has_val = any(r.model == "Val" for r in refs)
+        val = "Val: the validation split, another draw of the data; " if has_val else ""
         notes.append(f"{' and '.join(r.model for r in refs)}: reference rows of this protocol, scored by the "
-                     "same suite (Test: the test split itself, the ceiling; Random: random crystals, the "
-                     "floor).")
+                     f"same suite (Test: the test split itself, the ceiling; {val}Random: random "
+                     f"{first.track}s, the floor).")
     if cdvae is not None:
         notes.append(f"CDVAE: reported by {escape(meta['short_citation'])} on their protocol "
                      f"({escape(meta['protocol'])}), not re-run here: not comparable.")
@@ -680,7 +691,8 @@ def _glance(dataset: str, own: Sequence[Row], published: Sequence[Row], colors: 
     """A dataset's first screen: a tab per protocol (the primary one open), each with its headline table and
     plot."""
     cdvae = next((r for r in published if r.model == "CDVAE"), None)
-    parts = [f'<section class="dataset glance" id="ds-{escape(dataset)}"><h2>{escape(dataset)}</h2>']
+    parts = [f'<section class="dataset glance" id="ds-{escape(dataset)}">'
+             f'<h2>{escape(dataset_title(dataset, own))}</h2>']
     if not own:
         parts.append(
             '<p class="muted">No runs of this project on this dataset yet; the published numbers are under '
@@ -713,7 +725,9 @@ def _glance(dataset: str, own: Sequence[Row], published: Sequence[Row], colors: 
     return "".join(parts)
 
 
-def _legend() -> str:
+def _legend(composition: bool = False) -> str:
+    """The reading guide; ``composition``: the board has composition-track rows, which get an item of their
+    own (a crystal-only board reads as before)."""
     meta = published_meta()
     items = [
         "Cells: mean ± sample standard deviation over seeds; below it the 95% confidence interval of the "
@@ -741,6 +755,15 @@ def _legend() -> str:
         "on their protocol "
         f"({escape(meta['protocol'])}).",
     ]
+    if composition:
+        items.append(
+            "<i>Composition track</i> (datasets marked so): the models generate formulas, scored by the "
+            "composition metrics (<code>comp_*</code>: SMACT validity, uniqueness, novelty and their "
+            "<code>comp_vun_rate</code>; element-histogram JSD, Magpie Fréchet distance, predicted-target W1 "
+            "on a draw of the samples against the test split); <code>nll_test</code> there is in nats per "
+            "composition. Reference rows: draws of the test and validation formulas (Test, Val) and random "
+            "compositions (Random)."
+        )
     return (
         '<details class="legend"><summary>How to read this page</summary><ul>'
         + "".join(f"<li>{item}</li>" for item in items)
@@ -822,6 +845,8 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
     """
     colors = family_colors(r.family for r in board.rows)
     datasets = board.datasets()
+    composition = any(r.track == "composition" for r in board.rows)
+    formulas = " (and, on the composition track, of formulas)" if composition else ""
     filters = "".join(
         f'<label><input type="checkbox" class="family-filter" value="{escape(fam)}" checked>'
         f'<span class="swatch" style="background:{colors[fam]}"></span>{escape(fam)}</label>'
@@ -838,7 +863,7 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
         own, published = board.own_rows(dataset), board.published_rows(dataset)
         glances.append(_glance(dataset, own, published, colors))
         parts = [f'<section class="dataset details" id="details-{escape(dataset)}">'
-                 f'<h2>{escape(dataset)}: every row, finding and metric</h2>']
+                 f'<h2>{escape(dataset_title(dataset, own))}: every row, finding and metric</h2>']
         if own:
             parts.append(_own_table(dataset, own))
             found = summary_markdown(own, dataset)
@@ -876,10 +901,10 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<header><h1>{escape(title)}</h1>"
-        '<div class="lead">Generative models of crystals trained and scored the same way. '
+        f'<div class="lead">Generative models of crystals{formulas} trained and scored the same way. '
         f"Built from {n} result "
         f"record{'s' if n != 1 else ''}, each validated against <code>record.schema.json</code>. "
         f"<nav>{''.join(links)}</nav></div></header>"
-        f'<div class="controls"><b>Families</b>{filters}{_legend()}</div>{empty}'
+        f'<div class="controls"><b>Families</b>{filters}{_legend(composition)}</div>{empty}'
         f"{''.join(glances)}{analysis_html}{''.join(details)}{excluded}<script>{_JS}</script></body></html>\n"
     )

@@ -29,7 +29,7 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
-from bench.leaderboard.headline import protocol_order, row_label, short_protocol
+from bench.leaderboard.headline import dataset_title, protocol_order, row_label, short_protocol
 from bench.leaderboard.nfe import (
     NFE_PANELS,
     NfeCurve,
@@ -52,9 +52,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _legend() -> list[str]:
+def _legend(composition: bool = False) -> list[str]:
+    """The reading guide; ``composition``: the board has composition-track rows, which get a bullet of their
+    own (a crystal-only board reads as before)."""
     meta = published_meta()
-    return [
+    lines = [
         "How to read it:",
         "",
         "- Each cell is the mean ± sample standard deviation over seeds, with the 95% confidence interval of "
@@ -88,6 +90,17 @@ def _legend() -> list[str]:
         f"- *Reported, not re-run*: numbers copied from {meta['short_citation']} ({meta['url']}); "
         f"protocol: {meta['protocol']}.",
     ]
+    if composition:
+        lines.append(
+            "- *Composition track* (datasets marked so, `docs/composition_track.md`): the models generate "
+            "formulas, scored by the composition metrics (`comp_*`: SMACT validity, uniqueness, novelty and "
+            "their `comp_vun_rate`; element-histogram JSD, Magpie Fréchet distance, predicted-target W1, "
+            "each on a draw of the samples against the test split); `nll_test` there is in nats per "
+            "composition. "
+            "Its reference rows are draws of the test and validation formulas (Test, Val: what a perfect "
+            "sampler reaches at that sample size) and random compositions (Random, the floor)."
+        )
+    return lines
 
 
 def _header(columns: Sequence[str], rows: Sequence[Row]) -> list[str]:
@@ -244,7 +257,7 @@ def render_board_markdown(board: Board, analysis: str | None = None) -> str:
         "`record.schema.json` first. `index.html` beside this file (same command) has the same tables, "
         "sortable, with a family filter and plots; open it in a browser, it needs no network.",
         "",
-        *_legend(),
+        *_legend(any(r.track == "composition" for r in board.rows)),
         "",
     ]
     if not board.n_records:
@@ -253,7 +266,7 @@ def render_board_markdown(board: Board, analysis: str | None = None) -> str:
         lines += ["## Analysis", "", analysis.strip(), ""]
     for dataset in board.datasets():
         own, published = board.own_rows(dataset), board.published_rows(dataset)
-        lines += [f"## {dataset}", ""]
+        lines += [f"## {dataset_title(dataset, own)}", ""]
         if own:
             lines += [*_own_table(own), ""]
             findings = summary_markdown(own, dataset)

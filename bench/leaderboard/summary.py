@@ -18,7 +18,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.leaderboard.aggregate import QUALITY_METRIC, MetricSummary, Row, rank_summaries
+from bench.leaderboard.aggregate import (
+    COMPOSITION_QUALITY_METRIC,
+    QUALITY_METRIC,
+    MetricSummary,
+    Row,
+    rank_summaries,
+)
 from bench.leaderboard.format import fmt_rate, fmt_seconds, fmt_value
 from bench.leaderboard.stats import ALPHA, MIN_BOOTSTRAP_SEEDS, MIN_DISPLAY_UNITS, Comparison, compare
 
@@ -30,7 +36,11 @@ __all__ = [
 HEADLINE_METRICS = (
     "valid", QUALITY_METRIC, "unique", "novel", "cov_recall", "cov_precision", "wdist_density",
     "wdist_num_elems", "wdist_prop", "jsd_spacegroup",
+    "comp_smact_valid", COMPOSITION_QUALITY_METRIC, "comp_unique", "comp_novel", "comp_jsd_elements",
+    "comp_magpie_fd", "comp_wdist_prop",
 )
+"""The metrics with findings: the crystal track's, then the composition track's (a dataset's rows have one
+group or the other)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ def cost_lines(rows: Sequence[Row]) -> list[str]:
             steps = row.cost.get("train_steps")
             parts.append(f"trains in {fmt_seconds(train)} s" + (f" ({steps:,.0f} steps)" if steps else ""))
         if (rate := row.cost.get("samples_per_second")) is not None:
-            parts.append(f"samples {fmt_rate(rate)} crystals/s")
+            parts.append(f"samples {fmt_rate(rate)} {row.track}s/s")
         if (params := row.cost.get("parameters")) is not None:
             parts.append(f"{params:,.0f} parameters")
         if parts:

@@ -42,7 +42,7 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
-from bench.leaderboard.headline import SHOW_METRICS, row_label, row_labels, short_protocol
+from bench.leaderboard.headline import SHOW_METRICS, dataset_title, row_label, row_labels, short_protocol
 from bench.leaderboard.published import published_meta
 
 __all__ = [
@@ -149,7 +149,7 @@ def _own_table(
     directions = sort_keys(rows)
     protocols = sorted({short_protocol(r) for r in rows})
     official = {bool(r.official) for r in rows}
-    title = dataset
+    title = dataset_title(dataset, rows)
     if len(protocols) == 1:  # one protocol: say it once in the title instead of a column
         title += f" — {protocols[0]}" + ("" if official == {True} else " (not official)")
     if sort:
@@ -342,8 +342,8 @@ def show(
     board = collect(results_dir)
     console = console or Console()
     chosen: list[str] | None
-    if metrics is None:
-        present = set(metric_columns(board.rows))
+    if metrics is None:  # the headline metrics of the rows shown (a crystal or a composition dataset's)
+        present = set(metric_columns([r for r in board.rows if dataset in (None, r.dataset)]))
         chosen = [m for m in SHOW_METRICS if m in present] or None
     elif list(metrics) == ["all"]:
         chosen = None

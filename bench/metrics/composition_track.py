@@ -81,6 +81,7 @@ __all__ = [
     "gaussian_moments",
     "jsd_distance",
     "random_compositions",
+    "reference_items",
     "reference_rows",
 ]
 
@@ -840,6 +841,20 @@ def reference_rows(
     Returns:
         Row name (``test``, ``val``, ``random``) -> report.
     """
+    return {
+        name: evaluate_compositions(items, reference, settings, cache_dir=cache_dir, use_cache=use_cache)
+        for name, items in reference_items(reference, n, seed).items()
+    }
+
+
+def reference_items(reference: CompositionReference, n: int = 1000, seed: int = 0) -> dict[str, list[str]]:
+    """The formulas of the reference rows (:func:`reference_rows`): a seeded draw of ``n`` test formulas,
+    then of ``n`` validation formulas (one generator, in that order; skipped when the split is empty), and
+    ``n`` random compositions (:func:`random_compositions`).
+
+    Returns:
+        Row name (``test``, ``val``, ``random``) -> formulas.
+    """
     rng = np.random.default_rng(seed)
     rows: dict[str, list[str]] = {}
     for name, pool in (("test", reference.test), ("val", reference.val)):
@@ -847,7 +862,4 @@ def reference_rows(
             take = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
             rows[name] = [pool[int(i)] for i in np.sort(take)]
     rows["random"] = random_compositions(reference.train, n, seed=seed)
-    return {
-        name: evaluate_compositions(items, reference, settings, cache_dir=cache_dir, use_cache=use_cache)
-        for name, items in rows.items()
-    }
+    return rows

@@ -862,6 +862,22 @@ class Categorical:
         """No corrector for this field: unchanged."""
         return x_t
 
+    def prior_kl(self, x0: Tensor) -> Tensor:
+        """``KL(q(x_T | x0) || p(x_T))`` per state in nats (float64; 0 at empty rows): the bound's prior term
+        ``L_T``, with ``p(x_T)`` the stationary distribution :meth:`prior` draws from.
+
+        It is 0 when ``alpha_bar_T = 0`` (the absorbing chain's mutual-information schedule ends all [MASK]);
+        an absorbing chain whose ``alpha_bar_T > 0`` (e.g. the cosine schedule) leaves mass on the classes,
+        which its all-[MASK] prior never starts from, so the term is ``inf``.
+        """
+        present, x0 = self._present(x0.double())
+        steps = torch.full((x0.shape[0],), self.timesteps, dtype=torch.long)
+        log_q = self._x0_marginal_logp(self._log_onehot(x0), self._alpha_bars(steps))
+        log_pi = torch.log(self.stationary(self.num_classes(x0.shape[-1]))).to(x0.device)
+        q = log_q.exp()
+        kl = (q * torch.where(q > 0, log_q - log_pi, torch.zeros_like(log_q))).sum(dim=-1)
+        return torch.where(present.squeeze(-1), kl, torch.zeros_like(kl))
+
     def loss(self, logits: Tensor, x0: Tensor, x_t: Tensor, t: Tensor) -> dict[str, Tensor]:
         """The hybrid loss per state, at steps ``t`` ``[B]`` in ``1..T`` (Austin et al., section 3.4).
 
