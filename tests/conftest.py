@@ -76,3 +76,30 @@ def one_thread():  # noqa: ANN201
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Take away the log handlers a test added, and give loggers their level and flags back.
+
+    A Hydra app run inside a test (the CLI's ``train`` or ``run``) configures logging with handlers bound to
+    the test's captured streams, and Lightning, first imported inside a test, adds a handler bound to the
+    stream of that moment. Both streams close after the test, so every later log line through such a handler
+    would print a "--- Logging error ---" traceback into another test's stderr. pytest's own handlers are left
+    to pytest.
+    """
+    import logging
+
+    def loggers() -> list[logging.Logger]:
+        found = logging.Logger.manager.loggerDict.values()
+        return [logging.getLogger(), *(lg for lg in found if isinstance(lg, logging.Logger))]
+
+    saved = {lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers()}
+    yield
+    for lg in loggers():
+        before, level, propagate, disabled = saved.get(lg, ([], lg.level, lg.propagate, lg.disabled))
+        for handler in list(lg.handlers):
+            if handler not in before and not type(handler).__module__.startswith("_pytest"):
+                lg.removeHandler(handler)
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
