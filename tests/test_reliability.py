@@ -176,7 +176,8 @@ def test_command_line_mistakes_are_one_line(tmp_path: Path) -> None:
     assert f"unknown model 'no_such_model'; choose one of: {names}" in result.stderr
 
     result = _cli(tmp_path, "run", "dataset=no_such_data")
-    assert result.returncode == 2 and "carbon_24, castelli, expt_gap, glass, mp_20, mp_e_form" in result.stderr
+    choices = "carbon_24, castelli, expt_gap, glass, mp_20, mp_e_form"
+    assert result.returncode == 2 and choices in result.stderr
 
     missing = tmp_path / "nope.csv"
     result = _cli(tmp_path, "evaluate", "dataset=tiny", f"samples={missing}", "record.regenerate_board=false")
