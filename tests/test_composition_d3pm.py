@@ -32,6 +32,8 @@ from bench.models.diffusion.processes import Categorical
 from scipy.stats import chi2
 from torch import nn
 
+from tests.composition_helpers import pinned_split_counts, train_on_counts
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 KINDS = ("absorbing", "uniform")
@@ -55,18 +57,7 @@ def _model(
 
 
 def _train(model: CompositionD3PM, counts: torch.Tensor, steps: int, batch: int = BATCH) -> list[float]:
-    optimizer = model.configure_optimizers()
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(1)
-    history = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(counts), (batch,), generator=g)
-        loss = model.loss({"counts": counts[idx]})["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-    return history
+    return train_on_counts(model, counts, steps, batch, torch_seed=1)
 
 
 class ConstantLogits(nn.Module):
@@ -257,16 +248,7 @@ def test_one_formula_bound_falls_towards_zero_and_is_never_negative() -> None:
 @pytest.fixture(scope="module")
 def mp_e_form(data_dir: Path) -> tuple[CompositionCounts, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """3,000 seeded encodable mp_e_form training formulas (pinned split), and 500 test formulas."""
-    from bench.datasets.composition_split import load_composition_split
-
-    split = load_composition_split("mp_e_form", data_dir=data_dir, download=False)
-    rep = CompositionCounts(levels=9)
-    kept = [f for f in split.train if rep.can_encode(f)]
-    pick = torch.randperm(len(kept), generator=torch.Generator().manual_seed(0))[:3000]
-    formulas = [kept[i] for i in pick.tolist()]
-    rep.fit(formulas)
-    test = [f for f in split.test if rep.can_encode(f)][:500]
-    return rep, rep.encode(formulas), rep.encode(test)
+    return pinned_split_counts(data_dir)
 
 
 @pytest.fixture(scope="module")

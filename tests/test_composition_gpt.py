@@ -25,6 +25,8 @@ from bench.datasets.representation import DecodeFailure
 from bench.models.autoregressive.sampling import TokenSampler
 from bench.models.composition.gpt import CompositionGPT
 
+from tests.composition_helpers import real_training_formulas, train_on_counts
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 300
@@ -53,26 +55,6 @@ def _randomised(model: CompositionGPT, seed: int, scale: float = 0.5) -> Composi
     return model.eval()
 
 
-def real_training_formulas(data_dir: Path, n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct reduced formulas of mp_e_form's pinned training split that the count matrix encodes,
-    from a seeded shuffle of the pinned file's rows: each row reduced and placed in its split by the pinned
-    rule, as the loader and the split do, without reducing all 132,752 rows."""
-    import pandas as pd
-    from bench.datasets.composition_split import DEFAULT_FRACTIONS, DEFAULT_SEED, assignment_value
-    from bench.datasets.compositions import normalise_formula, resolve_composition_file
-
-    rows = pd.read_csv(resolve_composition_file("mp_e_form", data_dir=data_dir, download=False))["formula"]
-    rep = CompositionCounts(levels=9)
-    kept: dict[str, None] = {}
-    for raw in rows.sample(frac=1.0, random_state=seed):
-        formula = normalise_formula(raw)
-        if assignment_value(formula, DEFAULT_SEED) < DEFAULT_FRACTIONS[0] and rep.can_encode(formula):
-            kept[formula] = None
-            if len(kept) == n:
-                break
-    return list(kept)
-
-
 @pytest.fixture(scope="module")
 def mp_e_form(data_dir: Path) -> tuple[CompositionCounts, dict[str, torch.Tensor]]:
     """2,000 encodable formulas of mp_e_form's pinned training split and their count matrices."""
@@ -98,18 +80,7 @@ def trained(
 
 def _train(model: CompositionGPT, counts: torch.Tensor, steps: int, batch: int) -> list[float]:
     """Adam on random batches of ``counts``; the loss of every step. Leaves the model in eval mode."""
-    optimizer = model.configure_optimizers()
-    g = torch.Generator().manual_seed(0)
-    history = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(counts), (batch,), generator=g)
-        loss = model.loss({"counts": counts[idx]})["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-    model.eval()
-    return history
+    return train_on_counts(model, counts, steps, batch, eval_after=True)
 
 
 def test_loss_falls_on_real_formulas_to_the_entropy_of_their_marginals(

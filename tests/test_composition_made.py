@@ -23,7 +23,7 @@ from bench.datasets.composition_representation import CompositionCounts
 from bench.models.autoregressive.sampling import TokenSampler
 from bench.models.composition.made import CompositionMADE, made_degrees
 
-from tests.test_composition_gpt import real_training_formulas
+from tests.composition_helpers import real_training_formulas, train_on_counts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,18 +46,7 @@ def _randomised(model: CompositionMADE, seed: int, scale: float = 0.5) -> Compos
 
 
 def _train(model: CompositionMADE, counts: torch.Tensor, steps: int, batch: int) -> list[float]:
-    optimizer = model.configure_optimizers()
-    g = torch.Generator().manual_seed(0)
-    history = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(counts), (batch,), generator=g)
-        loss = model.loss({"counts": counts[idx]})["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-    model.eval()
-    return history
+    return train_on_counts(model, counts, steps, batch, eval_after=True)
 
 
 def test_degrees_follow_the_paper_rule() -> None:

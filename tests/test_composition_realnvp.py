@@ -26,6 +26,8 @@ from bench.datasets.composition_representation import CompositionCounts
 from bench.models.composition.realnvp import KEY, CompositionRealNVP, VariationalDequantiser
 from bench.models.flow.transforms import forward_through, inverse_through
 
+from tests.composition_helpers import pinned_split_counts, train_on_counts
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEQUANTISATIONS = ("uniform", "variational")
@@ -45,18 +47,7 @@ def _model(
 
 def _train(model: CompositionRealNVP, counts: torch.Tensor, steps: int, batch: int = 128) -> list[float]:
     model.fit_data({"counts": counts})
-    optimizer = model.configure_optimizers()
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(1)
-    history = []
-    for _ in range(steps):
-        idx = torch.randint(0, len(counts), (batch,), generator=g)
-        loss = model.loss({"counts": counts[idx]})["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-    return history
+    return train_on_counts(model, counts, steps, batch, torch_seed=1)
 
 
 # ---------------------------------------------------------------------------------------------- the flow
@@ -164,16 +155,7 @@ def test_bound_lies_above_the_discrete_nll_and_approaches_the_entropy(known: tup
 @pytest.fixture(scope="module")
 def mp_e_form(data_dir: Path) -> tuple[CompositionCounts, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """3,000 seeded encodable mp_e_form training formulas (pinned split), and 500 test formulas."""
-    from bench.datasets.composition_split import load_composition_split
-
-    split = load_composition_split("mp_e_form", data_dir=data_dir, download=False)
-    rep = CompositionCounts(levels=9)
-    kept = [f for f in split.train if rep.can_encode(f)]
-    pick = torch.randperm(len(kept), generator=torch.Generator().manual_seed(0))[:3000]
-    formulas = [kept[i] for i in pick.tolist()]
-    rep.fit(formulas)
-    test = [f for f in split.test if rep.can_encode(f)][:500]
-    return rep, rep.encode(formulas), rep.encode(test)
+    return pinned_split_counts(data_dir)
 
 
 @pytest.mark.parametrize("dequantisation", DEQUANTISATIONS)

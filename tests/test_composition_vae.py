@@ -24,6 +24,8 @@ from bench.datasets.composition_representation import CompositionCounts
 from bench.datasets.representation import DecodeFailure
 from bench.models.composition.vae import CompositionVAE
 
+from tests.composition_helpers import pinned_split_counts
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOG2 = math.log(2.0)
@@ -62,15 +64,8 @@ def _fit(model: CompositionVAE, counts: torch.Tensor, steps: int, batch: int = 1
 @pytest.fixture(scope="module")
 def mp_e_form(data_dir: Path) -> tuple[CompositionCounts, dict[str, torch.Tensor]]:
     """3,000 seeded encodable mp_e_form training formulas (pinned split) and their count matrices."""
-    from bench.datasets.composition_split import load_composition_split
-
-    train = load_composition_split("mp_e_form", data_dir=data_dir, download=False).train
-    rep = CompositionCounts(levels=9)
-    kept = [f for f in train if rep.can_encode(f)]
-    pick = torch.randperm(len(kept), generator=torch.Generator().manual_seed(0))[:3000]
-    formulas = [kept[i] for i in pick.tolist()]
-    rep.fit(formulas)
-    return rep, rep.encode(formulas)
+    rep, train, _ = pinned_split_counts(data_dir)
+    return rep, train
 
 
 @pytest.fixture(scope="module")
