@@ -66,10 +66,15 @@ def models(papers: bool = True) -> list[dict[str, str]]:
 
 
 def datasets() -> list[dict[str, str]]:
-    """One entry per registered dataset: name and splits."""
+    """One entry per registered dataset: name, track and splits (a composition dataset's are the pinned
+    seeded split's: ``bench.datasets.composition_split``)."""
     from bench.datasets import REGISTRY, get_spec
+    from bench.datasets.compositions import composition_dataset_names
 
-    return [{"name": name, "splits": ", ".join(get_spec(name).splits)} for name in REGISTRY]
+    crystal = [{"name": name, "track": "crystal", "splits": ", ".join(get_spec(name).splits)}
+               for name in REGISTRY]
+    return crystal + [{"name": name, "track": "composition", "splits": "train, val, test (seeded)"}
+                      for name in composition_dataset_names()]
 
 
 def _described(group: str) -> list[dict[str, str]]:

@@ -46,3 +46,15 @@ def test_listing_models_imports_no_model_and_a_lookup_imports_only_its_own() -> 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == model_names()
+
+
+def test_listing_datasets_names_every_dataset_config_with_its_track() -> None:
+    import yaml
+
+    from bench.catalog import datasets
+
+    listed = {entry["name"]: entry["track"] for entry in datasets()}
+    configs = {p.stem: (yaml.safe_load(p.read_text()) or {}).get("track", "crystal")
+               for p in (CONF_DIR / "dataset").glob("*.yaml")}
+    assert listed == configs
+    assert listed["mp_e_form"] == "composition" and listed["perov_5"] == "crystal"
