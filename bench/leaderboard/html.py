@@ -635,7 +635,10 @@ def _glance_panel(dataset: str, k: int, rows: Sequence[Row], cdvae: Row | None, 
     facts = [f"<b>{escape(short_protocol(first))}</b>"]
     if steps:
         facts.append(f"{steps:,.0f} training steps")
-    facts.append("official protocol" if first.official else "not the official protocol")
+    if first.official:
+        facts.append("the project's pinned protocol" if "pinned" in first.protocol else "official protocol")
+    else:
+        facts.append("not the official protocol")
     facts.append(f'<span class="muted">{escape(first.protocol)}</span>')
     head = ['<th class="text">model</th>', '<th title="training seeds pooled in the row">seeds</th>']
     for name in columns:

@@ -155,7 +155,10 @@ def _own_table(rows: Sequence[Row]) -> list[str]:
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows):
-        protocol = row.protocol + (" (official)" if row.official and "official" not in row.protocol else "")
+        # a pinned protocol of this project's own (the composition split) says "pinned" and is not someone's
+        # official one
+        said = "official" in row.protocol or "pinned" in row.protocol
+        protocol = row.protocol + (" (official)" if row.official and not said else "")
         cells = [
             _name_cell(row),
             _cell(row.family),
