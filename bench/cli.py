@@ -29,9 +29,11 @@ commands (Hydra overrides follow; add -m for a sweep, --cfg job to print the con
   reference    score a reference row: reference=test|copy|random (the ceiling and floor of every metric)
   datasets     list | fetch NAME [--split S] | verify NAME
   leaderboard  build | show [--dataset D] [--protocol P] [--sort METRIC] [--metrics M,...|all]: the board
+               | show --funnel: the usability funnel, requested to plausible, per row
   perf         evaluate [--n 2000]: time the metric suite, fast path vs straightforward path, same run
   reproduce    RECORD.json: re-run a record, compare metrics within tolerances | --published cdvae
   rescore      RECORD.json|FOLDER [--write]: score a record's shipped samples again with this code, compare
+               | --funnel-from-tables: add the usability funnel from each record's per-sample table
   list         [models|datasets|experiments|samplers|metrics]: what can be run and scored
   diagnose     RUN_DIR [--split test]: a flow-matching run's velocity loss by flow time, against zero
   disentangle  RUN_DIR [--split test] [--limit N] [--bins 20]: a VAE-family run's MIG against known factors
@@ -308,6 +310,8 @@ def _leaderboard_main(argv: list[str]) -> int:
                         help="show: comma-separated metrics, or 'all' (default: the headline metrics)")
     parser.add_argument("--protocol", default=None,
                         help="show: one split protocol only (its id, short id or experiment name)")
+    parser.add_argument("--funnel", action="store_true",
+                        help="show: the usability funnel (requested to plausible) instead of the metrics")
     args = parser.parse_args(argv)
     from bench.leaderboard import build, show
 
@@ -317,7 +321,7 @@ def _leaderboard_main(argv: list[str]) -> int:
         return 0
     try:
         show(args.results, dataset=args.dataset, sort=args.sort, protocol=args.protocol,
-             metrics=args.metrics.split(",") if args.metrics else None)
+             metrics=args.metrics.split(",") if args.metrics else None, funnel=args.funnel)
     except ValueError as err:
         print(f"matgenbench leaderboard show: {err}", file=sys.stderr)
         return 2

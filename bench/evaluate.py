@@ -390,6 +390,7 @@ def score(
         counts=counts,
         metrics=report.metrics,
         metric_settings=report.settings,
+        funnel=report.funnel,
         cost=cost,
         provenance=provenance(),
         config=record_config(cfg),

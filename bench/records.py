@@ -1,7 +1,8 @@
 """Result records: one JSON file per run, the only source of truth for the leaderboard.
 
 A record says what was run (model, family, variant, dataset, split protocol, seed), on which data (checksums
-of the files actually read), what came out (counts, metrics with their direction and version), at what cost
+of the files actually read), what came out (counts, metrics with their direction and version, the usability
+funnel from requested to plausible items), at what cost
 (seconds, throughput, memory, parameters), whether it finished (``complete`` / ``failed`` / ``not_applicable``
 with a reason) and how to reproduce it (resolved config, its hash, git commit, package versions, hardware).
 The shape follows matbench-discovery's per-model files, with the provenance MatterGen's benchmark JSONs lack.
@@ -63,6 +64,9 @@ class ResultRecord:
     counts: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     metric_settings: dict[str, Any] = field(default_factory=dict)
+    funnel: dict[str, Any] | None = None
+    """The usability funnel, requested → decoded → valid → unique → novel → plausible, with the plausible
+    screen's rule and bounds (:mod:`bench.metrics.funnel`); None in records written before it."""
     cost: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)

@@ -16,6 +16,15 @@ side. Nothing is trained or sampled, so any metric change can be re-checked on t
 
 The older ``--vun-from-tables`` mode recomputes only ``vun_rate`` from each record's per-structure table
 (``*.samples.csv``); it migrated the board when ``vun_rate`` became a per-structure metric.
+
+``--funnel-from-tables`` adds the usability funnel (:mod:`bench.metrics.funnel`) to records written before it,
+from the same per-structure table: the flags ``valid``, ``unique`` and ``novel`` the record's metrics were
+computed from, and the predicted property of every item that reaches ``novel`` (the table's
+``predicted_<property>`` column, which holds every valid item when the distribution draw did); the plausible
+screen's bounds come from the record's training split, read again and checked against its checksum. Nothing
+else in the record changes, and the funnel's counts are checked against the record's (``n_decoded``,
+``n_valid``, ``vun_rate``'s ``n_vun``) before anything is written. A record whose table cannot give the funnel
+is left alone with the reason (``rescore --write`` scores it again, funnel included).
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ import pandas as pd
 from bench.io_utils import atomic_write_json, read_json
 
 __all__ = [
-    "SHIPPED_SUFFIX", "NOT_RESCORED", "RescoreError", "Rescore", "Rescored", "shipped_path", "ship_samples",
-    "rescore_record", "product_vun", "rescore_vun", "rescore_vun_record", "main",
+    "SHIPPED_SUFFIX", "NOT_RESCORED", "RescoreError", "Rescore", "Rescored", "FunnelRescored", "shipped_path",
+    "ship_samples", "rescore_record", "product_vun", "rescore_vun", "rescore_vun_record", "rescore_funnel",
+    "rescore_funnel_record", "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -136,6 +146,171 @@ def rescore_vun_record(path: str | Path, *, write: bool = True) -> Rescored:
 def rescore_vun(results_dir: str | Path, *, write: bool = True) -> list[Rescored]:
     """:func:`rescore_vun_record` for every record (``*.json``) below ``results_dir``, in path order."""
     return [rescore_vun_record(p, write=write) for p in sorted(Path(results_dir).rglob("*.json"))]
+
+
+@dataclass(frozen=True)
+class FunnelRescored:
+    """One record's funnel from its table: the stage counts before (None: it had no funnel) and after (None:
+    left alone, ``note`` says why)."""
+
+    path: Path
+    before: tuple[int | None, ...] | None
+    after: tuple[int | None, ...] | None
+    note: str = ""
+
+
+def _counts(funnel: dict[str, Any] | None) -> tuple[int | None, ...] | None:
+    return None if not funnel else tuple(stage.get("n") for stage in funnel.get("stages") or [])
+
+
+class _TrainingValues:
+    """The training split's property values of records, read once per dataset split (and checked against the
+    checksum each record names)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._cache: dict[tuple[Any, ...], tuple[Any, str | None]] = {}
+
+    def crystal(self, record: dict[str, Any], prop: str) -> Any:
+        """The record's training split's values of ``prop`` (NaN where missing).
+
+        Raises:
+            RescoreError: the split read here is not the one the record names (another checksum), or lacks
+                the property.
+        """
+        from bench.runtime import load_dataset_split
+
+        cfg = _config_here(_as_record(record), self.data_dir)
+        ds = cfg.dataset
+        key = ("crystal", str(ds.name), str(ds.train_split), ds.get("limit_train"))
+        if key not in self._cache:
+            split = load_dataset_split(cfg, ds.train_split, limit=ds.get("limit_train"))
+            self._cache[key] = (split, (split.checksums or {}).get("sha256"))
+        split, sha = self._cache[key]
+        named = ((record.get("data_checksums") or {}).get(str(ds.train_split)) or {}).get("sha256")
+        if named and sha and named != sha:
+            raise RescoreError(f"the {ds.name}/{ds.train_split} file here (sha256 {sha[:12]}...) is not the "
+                               f"one the record was scored on ({named[:12]}...)")
+        values = (split.properties or {}).get(prop)
+        if values is None:
+            raise RescoreError(f"{ds.name}/{ds.train_split} has no {prop!r} column")
+        return values
+
+    def composition(self, record: dict[str, Any]) -> tuple[Any, str]:
+        """The record's training targets and what the target is."""
+        from bench.composition_stages import composition_reference
+
+        cfg = _config_here(_as_record(record), self.data_dir)
+        reference, _ = composition_reference(cfg)
+        return reference.train_targets, reference.target or "target"
+
+
+def _as_record(data: dict[str, Any]) -> Any:
+    from bench.records import ResultRecord
+
+    return ResultRecord.from_dict(data)
+
+
+def _funnel_screen(data: dict[str, Any], track: str, training: _TrainingValues) -> tuple[Any, str | None]:
+    """The plausible screen of a record: its property model's entry (``wdist_prop`` / ``comp_wdist_prop``) and
+    the bounds from its training split; or None and why."""
+    from bench.metrics.funnel import PlausibleScreen
+
+    name = "wdist_prop" if track == "crystal" else "comp_wdist_prop"
+    entry = (data.get("metrics") or {}).get(name)
+    if entry is None:
+        return None, f"{name}, whose predictor the screen uses, was not computed"
+    if entry.get("value") is None or not entry.get("model"):
+        return None, f"no predictor: {entry.get('reason') or f'{name} has no value'}"
+    if track == "crystal":
+        prop = entry.get("property") or (data.get("metric_settings") or {}).get("property")
+        if not prop:
+            return None, "no property named for the dataset (dataset.property)"
+        values = training.crystal(data, str(prop))
+    else:
+        values, prop = training.composition(data)
+    return PlausibleScreen.from_training(str(prop), values, str(entry["model"])), None
+
+
+def _check_against_record(data: dict[str, Any], funnel: dict[str, Any], track: str) -> str | None:
+    """Why the funnel from a table disagrees with the record's own counts (None when it agrees)."""
+    n = {stage["name"]: stage["n"] for stage in funnel["stages"]}
+    counts = data.get("counts") or {}
+    metrics = data.get("metrics") or {}
+    vun = "vun_rate" if track == "crystal" else "comp_vun_rate"
+    expected = {
+        "decoded": counts.get("n_decoded"),
+        "valid": counts.get("n_valid") if track == "crystal" else None,
+        "novel": (metrics.get(vun) or {}).get("n_vun"),
+    }
+    for stage, value in expected.items():
+        if value is not None and n[stage] is not None and int(value) != n[stage]:
+            return f"the table gives {n[stage]} {stage}, the record {value}"
+    return None
+
+
+def rescore_funnel_record(
+    path: str | Path, *, write: bool = True, data_dir: str | Path | None = None,
+    training: _TrainingValues | None = None,
+) -> FunnelRescored:
+    """Add the usability funnel to the record at ``path`` from ``<record>.samples.csv`` (see the module
+    docstring); a record that already has one gets it derived again.
+
+    Args:
+        path: A result record (JSON).
+        write: Rewrite the record (atomically); False only computes.
+        data_dir: Where the dataset files are (else the usual lookup).
+        training: Training values already read (shared by the records of one call).
+
+    Returns:
+        The outcome; ``after`` is None when the record was left alone, with the reason in ``note``.
+    """
+    from bench.metrics.funnel import funnel_from_table
+    from bench.records import code_version
+
+    path = Path(path)
+    data = read_json(path)
+    before = _counts(data.get("funnel"))
+    if data.get("status") != "complete":
+        return FunnelRescored(path, before, None, f"status {data.get('status')}")
+    table = path.with_suffix(".samples.csv")
+    if not table.is_file():
+        return FunnelRescored(path, before, None, "no per-structure table")
+    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
+    n = int((data.get("counts") or {}).get("n_requested", len(frame)))
+    if n != len(frame):
+        return FunnelRescored(path, before, None, f"table has {len(frame)} rows, record requested {n}")
+    track = str((data.get("split") or {}).get("track") or "crystal")
+    training = training or _TrainingValues(None if data_dir is None else Path(data_dir))
+    reasons = {}
+    valid_entry = (data.get("metrics") or {}).get("comp_smact_valid") or {}
+    if track == "composition" and valid_entry.get("value") is None and valid_entry.get("reason"):
+        reasons["valid"] = str(valid_entry["reason"])
+    try:
+        screen, why = _funnel_screen(data, track, training)
+        funnel, _ = funnel_from_table(frame, track, screen=screen, screen_reason=why, reasons=reasons,
+                                      source=table.name)
+    except (RescoreError, ValueError) as err:
+        return FunnelRescored(path, before, None, str(err))
+    disagreement = _check_against_record(data, funnel, track)
+    if disagreement:
+        return FunnelRescored(path, before, None, disagreement)
+    funnel["code_version"] = code_version()
+    data["funnel"] = funnel
+    if write:
+        atomic_write_json(path, data)
+    return FunnelRescored(path, before, _counts(funnel))
+
+
+def rescore_funnel(
+    results_dir: str | Path, *, write: bool = True, data_dir: str | Path | None = None
+) -> list[FunnelRescored]:
+    """:func:`rescore_funnel_record` for every record (``*.json``) below ``results_dir`` (or the one record it
+    names), in path order; the training splits are read once."""
+    root = Path(results_dir)
+    training = _TrainingValues(None if data_dir is None else Path(data_dir))
+    paths = sorted(root.rglob("*.json")) if root.is_dir() else [root]
+    return [rescore_funnel_record(p, write=write, training=training) for p in paths]
 
 
 SHIPPED_SUFFIX = ".generated.csv.xz"
@@ -315,6 +490,7 @@ def rescore_record(
         data["metrics"] = {**new.metrics, **{k: record.metrics[k] for k in carried}}
         data["metric_settings"] = new.metric_settings
         data["counts"] = {**new.counts, "samples_file": record.counts.get("samples_file")}
+        data["funnel"] = new.funnel
         history = list((data.get("provenance") or {}).get("rescored") or [])
         history.append({"created": new.created, "from": Path(result.samples).name, "exact": result.exact,
                         **{k: v for k, v in new.provenance.items() if k in ("git_commit", "versions")}})
@@ -326,6 +502,13 @@ def rescore_record(
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def _stages(counts: tuple[int | None, ...] | None) -> str:
+    """Stage counts as ``1000 > 998 > 579 > 577 > 563 > 540`` (``n/a`` for a stage without a count)."""
+    if counts is None:
+        return "none"
+    return " > ".join("n/a" if c is None else str(c) for c in counts)
 
 
 def _num(x: float | None) -> str:
@@ -360,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     """``matgenbench rescore RECORD.json|FOLDER ... [--samples FILE] [--data-dir DIR] [--write]``.
 
     Exit status 0 when every record re-scored exactly, 1 when a metric differs, 2 when a record could not be
-    re-scored (the message names it and the fix).
+    re-scored (the message names it and the fix). With ``--funnel-from-tables``: 0 when every record got its
+    funnel, 1 when one was left alone (the line says why).
     """
     parser = argparse.ArgumentParser(
         prog="matgenbench rescore", description=__doc__.splitlines()[0],
@@ -374,7 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="replace the records' metrics by the new ones")
     parser.add_argument("--vun-from-tables", action="store_true",
                         help="older mode: recompute only vun_rate from each record's per-structure table")
-    parser.add_argument("--dry-run", action="store_true", help="with --vun-from-tables: write nothing")
+    parser.add_argument("--funnel-from-tables", action="store_true",
+                        help="add the usability funnel to each record from its per-structure table")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --vun-from-tables or --funnel-from-tables: write nothing")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not p.exists()]
     if missing:
@@ -386,6 +573,14 @@ def main(argv: list[str] | None = None) -> int:
                 line = f"{item.path}: vun_rate {_fmt(item.before)} -> {_fmt(item.after)}"
                 print(line + (f" (left alone: {item.note})" if item.note else ""))
         return 0
+    if args.funnel_from_tables:
+        status = 0
+        for folder in args.paths:
+            for item in rescore_funnel(folder, write=not args.dry_run, data_dir=args.data_dir):
+                line = f"{item.path}: funnel {_stages(item.before)} -> {_stages(item.after)}"
+                print(line + (f" (left alone: {item.note})" if item.note else ""))
+                status = status if item.after is not None else 1
+        return status
     records = _records(args.paths)
     if args.samples is not None and len(records) != 1:
         print(f"rescore: --samples names one record's samples; {len(records)} records given", file=sys.stderr)

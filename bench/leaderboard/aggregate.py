@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.applicability import record_not_applicable
+from bench.leaderboard.funnel import FunnelSummary, summarize_funnel
 from bench.leaderboard.sampling import Sampling, sampling_of
 from bench.leaderboard.stats import bootstrap_ci, clip_to_range, compare, finite_values, mean_ci
 from bench.records import ResultRecord
@@ -182,6 +183,9 @@ class Row:
     track: str = "crystal"
     """What the row's samples are: ``crystal``, or ``composition`` for the composition track's records (their
     ``split.track``)."""
+    funnel: FunnelSummary | None = None
+    """The usability funnel pooled over the row's seeds (:mod:`bench.leaderboard.funnel`); None when none of
+    its records has one (written before it)."""
 
     @property
     def name(self) -> str:
@@ -310,6 +314,7 @@ def _row(records: Sequence[ResultRecord], status: str, n_resamples: int, seed: i
     if status != "complete":
         row.reason = _reason(records)
         return row
+    row.funnel = summarize_funnel(records)
     names = sorted({m for r in records for m in r.metrics})
     for name in names:
         entries = [r.metrics[name] for r in records if name in r.metrics]

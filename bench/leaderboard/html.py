@@ -40,6 +40,8 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
+from bench.leaderboard.funnel import STAGES as FUNNEL_STAGES
+from bench.leaderboard.funnel import fmt_count, funnel_rows
 from bench.leaderboard.headline import (
     REFERENCE_MODELS,
     SHOW_METRICS,
@@ -65,10 +67,12 @@ from bench.leaderboard.svg import (
     Bar,
     Curve,
     CurvePoint,
+    FunnelBar,
     Point,
     bars_svg,
     curves_svg,
     family_colors,
+    funnel_svg,
     scatter_svg,
 )
 
@@ -146,6 +150,9 @@ tr.glance-published td { color: #6b4e00; background: #fffaf0; }
 tr.glance-published td.label, tr.glance-ref td.label { font-style: normal; }
 p.more { margin: 6px 0 0; font-size: 13px; }
 figure.nfe { margin: 6px 0 14px; } figure.nfe figcaption { max-width: 980px; }
+figure.funnel { margin: 6px 0 14px; } figure.funnel figcaption { max-width: 980px; }
+figure.funnel .funnel-body { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+table.funnel td .ci { display: inline; margin-left: 4px; }
 figure.nfe .plots > svg { flex: 1 1 520px; height: auto; }
 """
 
@@ -573,6 +580,93 @@ def _nfe_section(dataset: str, rows: Sequence[Row], colors: dict[str, str]) -> s
     return f'<h3 id="nfe-{escape(dataset)}">Quality versus NFE</h3>{"".join(parts)}'
 
 
+_FUNNEL_INTRO = (
+    "How many of the requested items survive each screen, each stage a subset of the one before: decoded "
+    "(the representation made a {item} of it), valid, unique (the first of its duplicates), novel (not in "
+    "the training split; the numerator of <code>{vun}</code>), plausible (the property the suite's own "
+    "predictor gives it within the training split's central 99%). Mean count over seeds, the share of the "
+    "requested items beside it; <i>n/a</i>: no funnel in the records (scored before it) or a stage that "
+    "does not apply."
+)
+
+
+def _funnel_figure(dataset: str, k: int, rows: Sequence[Row]) -> str:
+    """One protocol's funnel: the nested-bar plot, the counts table and the plausible rule."""
+    labels = row_labels(rows)
+    bars, body = [], []
+    for row, label in zip(rows, labels, strict=True):
+        f = row.funnel
+        seeds = len(row.seeds)
+        if f is None:
+            note = "n/a: no funnel in its records (scored before it)"
+            bars.append(FunnelBar(label, row.family, (), f"{row.name}: {note}", note))
+        else:
+            counts = tuple(s.mean for s in f.stages)
+            tip = "; ".join(f"{s.name} {fmt_count(s.mean)}" + (f" ({100 * s.fraction:.1f}%)" if s.fraction
+                                                               is not None else "") for s in f.stages)
+            over = f"{f.n_seeds} of {seeds} seeds" if not f.complete else f"{seeds} seed{'s' * (seeds != 1)}"
+            bars.append(FunnelBar(label, row.family, counts, f"{row.name} ({over}): {tip}"))
+        cells = [_td("model", label, f'<span class="name">{_label_html(label)}</span>', cls="text",
+                     title=row.name)]
+        if f is None:
+            cells.append(_td("seeds", str(seeds), str(seeds), title="no funnel in these records"))
+            cells += [_td(name, "", NA, cls="na", title="recorded before the funnel")
+                      for name in FUNNEL_STAGES]
+        else:
+            shown = str(f.n_seeds) if f.complete else f"{f.n_seeds} of {seeds}"
+            cells.append(_td("seeds", str(f.n_seeds), shown, title="seeds whose records carry the funnel"))
+            for stage in f.stages:
+                if stage.mean is None:
+                    cells.append(_td(stage.name, "", NA, cls="na", title=stage.reason or "n/a"))
+                    continue
+                pct = "" if stage.fraction is None else f'<span class="ci">{100 * stage.fraction:.1f}%</span>'
+                cells.append(_td(stage.name, _num(stage.mean), f"{escape(fmt_count(stage.mean))}{pct}"))
+        kind = f" kind-{escape(row.kind)}" if row.kind != "run" else ""
+        body.append(f'<tr class="funnel-row{kind}" data-family="{escape(row.family)}">{"".join(cells)}</tr>')
+    head = [_th("model", "model", numeric=False), _th("seeds", "seeds", numeric=True, direction="max")]
+    head += [_th(name, name, numeric=True, direction="max") for name in FUNNEL_STAGES]
+    rules = list(dict.fromkeys(r.funnel.rule for r in rows if r.funnel is not None and r.funnel.rule))
+    reasons = list(dict.fromkeys(r.funnel.stage("plausible").reason for r in rows if r.funnel is not None
+                                 and r.funnel.stage("plausible").reason))
+    notes = [f"<i>plausible</i>: {escape(rule)}." for rule in rules]
+    notes += [f"<i>plausible</i> n/a: {escape(reason)}." for reason in reasons]
+    first = rows[0]
+    svg = funnel_svg(bars, FUNNEL_STAGES, title=f"Usability funnel, {short_protocol(first)}",
+                     description="share of the requested items that reach each stage, mean over seeds")
+    table = (f'<div class="table-wrap"><table class="board sortable funnel" '
+             f'id="funnel-table-{escape(dataset)}-{k}"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+    return (
+        f'<figure class="funnel" id="funnel-{escape(dataset)}-{k}" '
+        f'data-protocol="{escape(first.protocol_id)}">'
+        f'<div class="funnel-body"><div class="plots">{svg}</div>{table}</div>'
+        f'<figcaption class="note"><b>{escape(short_protocol(first))}</b>. {" ".join(notes)}</figcaption>'
+        "</figure>"
+    )
+
+
+def _funnel_section(dataset: str, rows: Sequence[Row]) -> str:
+    """Per protocol (in :func:`~bench.leaderboard.headline.protocol_order`), the usability funnel of its
+    complete rows; one sentence when no record of the dataset has a funnel."""
+    shown = funnel_rows(rows)
+    if not shown:
+        return ""
+    first = shown[0]
+    item = "formula" if first.track == "composition" else "structure"
+    vun = "comp_vun_rate" if first.track == "composition" else "vun_rate"
+    intro = f'<p class="note">{_FUNNEL_INTRO.format(item=item, vun=vun)}</p>'
+    head = f'<h3 id="funnel-{escape(dataset)}">Usability funnel</h3>{intro}'
+    if not any(r.funnel is not None for r in shown):
+        return (f'{head}<p class="note funnel-none">No record of {escape(dataset)} carries the funnel yet '
+                "(scored before it): n/a for every row. "
+                "<code>matgenbench rescore --funnel-from-tables</code> adds it from the records' per-sample "
+                "tables.</p>")
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in shown:
+        by_protocol[row.protocol_id].append(row)
+    figures = [_funnel_figure(dataset, k, by_protocol[pid]) for k, pid in enumerate(protocol_order(shown))]
+    return head + "".join(figures)
+
+
 def _label_html(label: str) -> str:
     """A row label that may wrap only after a ``+`` (model+sampler), never inside a name."""
     pieces = label.split("+")
@@ -674,6 +768,9 @@ def _glance_panel(dataset: str, k: int, rows: Sequence[Row], cdvae: Row | None, 
     if shows_nfe(nfe_curves(rows)):
         notes.append(f'<a href="#nfe-{escape(dataset)}-{k}">Quality versus NFE</a> of the runs sampled with '
                      "several step counts: in the details.")
+    if any(r.funnel is not None for r in rows):
+        notes.append(f'<a href="#funnel-{escape(dataset)}">Usability funnel</a> (requested → decoded → '
+                     "valid → unique → novel → plausible) of every row: in the details.")
     scatter = _scatter([r for r in runs if r.is_rerun], labels, colors, refs)
     hidden = "" if shown else " hidden"
     tab = f' role="tabpanel" aria-labelledby="tab-{escape(dataset)}-{k}"' if tabbed else ""
@@ -743,6 +840,9 @@ def _legend(composition: bool = False) -> str:
         "<code>vun_rate</code>: fraction of all samples that are valid AND unique AND novel, decided per "
         "structure (unique: the first of each set of matching structures; MatterGen's convention). It is "
         "the y axis of the quality-versus-cost plot (<code>valid</code> where it is missing).",
+        "<i>Usability funnel</i> (in the details): of the requested items, how many were decoded, valid, "
+        "unique, novel and plausible (predicted property within the training split's central 99%), each "
+        "stage a subset of the one before; mean count over seeds. <i>n/a</i> for records scored before it.",
         "<i>Quality versus NFE</i> (in the details): one trained model sampled with several step counts, "
         "one line per sampler family (the variant's <code>+ddim-50</code>-style tag without its step count) "
         "over the network evaluations per sample; mean over seeds with the 95% interval of the mean.",
@@ -873,6 +973,7 @@ def render_html(board: Board, *, title: str = "matgenbench leaderboard", analysi
             if found:
                 block = markdown_block(chr(10).join(found))
                 parts.append(f'<div class="findings"><h3>Findings</h3>{block}</div>')
+            parts.append(_funnel_section(dataset, own))
             parts.append(_nfe_section(dataset, own, colors))
             parts.append(_bar_plots(own, colors))
         else:

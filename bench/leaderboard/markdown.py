@@ -29,7 +29,9 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
-from bench.leaderboard.headline import dataset_title, protocol_order, row_label, short_protocol
+from bench.leaderboard.funnel import STAGES as FUNNEL_STAGES
+from bench.leaderboard.funnel import fmt_stage, funnel_rows
+from bench.leaderboard.headline import dataset_title, protocol_order, row_label, row_labels, short_protocol
 from bench.leaderboard.nfe import (
     NFE_PANELS,
     NfeCurve,
@@ -83,6 +85,11 @@ def _legend(composition: bool = False) -> list[str]:
         "different variables (e.g. crystal_gpt's token sequences against the codec's fields) are never "
         "compared: a cell in another space than most of its protocol's rows names its space and is not "
         "ranked.",
+        "- *Usability funnel*: of the requested items, how many were decoded, valid, unique, novel and "
+        "plausible (the property the suite's predictor gives them within the training split's central 99%), "
+        "each stage a subset of the one before; mean count over seeds with the share of requested items. "
+        "`n/a`: the records were scored before the funnel, or the stage does not apply "
+        "(`docs/funnel.md`).",
         "- *Quality versus NFE*: rows of one trained model sampled with several step counts (the variant's "
         "sampler tag, e.g. `+ddim-50`), one group per sampler family (the tag without its step count), by "
         "network function evaluations per sample; mean over seeds with the 95% interval of the mean. "
@@ -230,6 +237,55 @@ def _nfe_lines(dataset: str, rows: Sequence[Row]) -> list[str]:
     return [f"### {dataset}: quality versus NFE", "", intro, "", *blocks]
 
 
+def _funnel_table(rows: Sequence[Row]) -> list[str]:
+    header = ["model", "seeds", *FUNNEL_STAGES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, label in zip(rows, row_labels(rows), strict=True):
+        f = row.funnel
+        seeds = len(row.seeds)
+        if f is None:
+            cells = [_cell(label), str(seeds), *[NA] * len(FUNNEL_STAGES)]
+        else:
+            shown = str(f.n_seeds) if f.complete else f"{f.n_seeds} of {seeds}"
+            cells = [_cell(label), shown, *[fmt_stage(s) for s in f.stages]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _funnel_lines(dataset: str, rows: Sequence[Row]) -> list[str]:
+    """Per protocol, the usability funnel of the complete rows (mean stage counts over seeds); one sentence
+    when no record of the dataset carries a funnel."""
+    shown = funnel_rows(rows)
+    if not shown:
+        return []
+    vun = "comp_vun_rate" if shown[0].track == "composition" else "vun_rate"
+    intro = ("How many of the requested items survive each screen, each stage a subset of the one before: "
+             "decoded, valid, unique (the first of its duplicates), novel (not in the training split; the "
+             f"numerator of `{vun}`), plausible (the property the suite's own predictor gives it within the "
+             "training split's central 99%). Mean count over seeds (share of the requested items); `n/a`: no "
+             "funnel in the records (scored before it) or a stage that does not apply.")
+    lines = [f"### {dataset}: usability funnel", "", intro, ""]
+    if not any(r.funnel is not None for r in shown):
+        return lines + [f"_No record of {dataset} carries the funnel yet (scored before it): n/a for every "
+                        "row; `matgenbench rescore --funnel-from-tables` adds it from the per-sample "
+                        "tables._",
+                        ""]
+    by_protocol: dict[str, list[Row]] = defaultdict(list)
+    for row in shown:
+        by_protocol[row.protocol_id].append(row)
+    for pid in protocol_order(shown):
+        group = by_protocol[pid]
+        lines += [f"**{_cell(short_protocol(group[0]))}**", "", *_funnel_table(group), ""]
+        rules = list(dict.fromkeys(r.funnel.rule for r in group if r.funnel is not None and r.funnel.rule))
+        reasons = list(dict.fromkeys(r.funnel.stage("plausible").reason for r in group
+                                     if r.funnel is not None and r.funnel.stage("plausible").reason))
+        lines += [f"- *plausible*: {_cell(rule)}." for rule in rules]
+        lines += [f"- *plausible* n/a: {_cell(reason)}." for reason in reasons]
+        if rules or reasons:
+            lines.append("")
+    return lines
+
+
 def _published_table(rows: Sequence[Row]) -> list[str]:
     columns = metric_columns(rows)
     header = ["model", "family", *_header(columns, rows), "source"]
@@ -275,6 +331,7 @@ def render_board_markdown(board: Board, analysis: str | None = None) -> str:
             findings = summary_markdown(own, dataset)
             if findings:
                 lines += [f"### {dataset}: findings", "", *findings]
+            lines += _funnel_lines(dataset, own)
             lines += _nfe_lines(dataset, own)
         else:
             lines += ["_No runs of this project on this dataset yet._", ""]

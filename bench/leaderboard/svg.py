@@ -1,9 +1,10 @@
 """Inline SVG plots for the HTML board, generated as text: deterministic, testable, no plotting library.
 
-Three plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn, every point labelled),
-per-metric horizontal bars (mean with confidence-interval whiskers, reference values as dashed lines), and one
+Four plots: quality versus cost (log-scaled x, coloured by family, Pareto front drawn, every point labelled),
+per-metric horizontal bars (mean with confidence-interval whiskers, reference values as dashed lines), one
 panel of the quality-versus-NFE small multiples (a line per trained model and sampler family over log-scaled
-NFE, with interval whiskers, every line labelled).
+NFE, with interval whiskers, every line labelled), and the usability funnel (per model one line of nested
+bars, requested to plausible, as fractions of the requested items).
 No label is cut short or drawn over another: widths are estimated (:func:`bench.leaderboard.placement.
 text_width`), the plots grow to fit their labels, and point labels are placed clear of each other
 (:func:`bench.leaderboard.placement.place_point_labels`).
@@ -30,8 +31,8 @@ from bench.leaderboard.placement import (
 )
 
 __all__ = [
-    "FAMILY_COLORS", "Point", "Bar", "Curve", "CurvePoint", "family_colors", "scatter_svg", "bars_svg",
-    "curves_svg", "nice_ceiling", "nice_ticks", "log_ticks",
+    "FAMILY_COLORS", "STAGE_COLORS", "Point", "Bar", "Curve", "CurvePoint", "FunnelBar", "family_colors",
+    "scatter_svg", "bars_svg", "curves_svg", "funnel_svg", "nice_ceiling", "nice_ticks", "log_ticks",
 ]
 
 # Okabe-Ito colour-blind-safe palette; the usual families keep their colour across datasets and builds.
@@ -44,6 +45,9 @@ FAMILY_COLORS = {
     "external": "#56B4E9",
     "reference": "#777777",
 }
+STAGE_COLORS = ("#e6e6e6", "#c6dbef", "#9ecae1", "#6baed6", "#3182bd", "#08519c")
+"""The funnel's stages, requested to plausible: one sequential blue scale, light to dark, so the nested bars
+read in order without relying on hue."""
 _SPARE_COLORS = ("#000000", "#8C564B", "#17BECF", "#BCBD22", "#9467BD", "#E377C2")
 _FONT = "font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif"
 _HALO = 'paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
@@ -93,6 +97,18 @@ class Curve:
     points: tuple[CurvePoint, ...]
     dash: str = ""
     """``stroke-dasharray`` of the line, telling apart curves of one family (one colour)."""
+
+
+@dataclass(frozen=True)
+class FunnelBar:
+    """One model variant in the funnel plot: its mean count per stage (None: the stage is n/a), or no funnel
+    at all (``counts`` empty, ``note`` says why)."""
+
+    label: str
+    family: str
+    counts: tuple[float | None, ...] = ()
+    title: str = ""
+    note: str = ""
 
 
 def family_colors(families: Iterable[str]) -> dict[str, str]:
@@ -568,6 +584,99 @@ def curves_svg(
             f'<text class="curve-label" x="{_f(lab.x)}" y="{_f(lab.baseline)}" font-size="{size:g}" '
             f'text-anchor="{lab.anchor}" fill="#222" {_HALO} style="{_FONT}">{escape(curve.label)}</text></g>'
         )
+        out.append("".join(part))
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _count(x: float) -> str:
+    return f"{x:,.0f}" if abs(x - round(x)) < 0.05 else f"{x:,.1f}"
+
+
+def funnel_svg(
+    bars: Sequence[FunnelBar],
+    stages: Sequence[str],
+    *,
+    title: str = "Usability funnel",
+    description: str = "",
+    plot_width: int = 300,
+) -> str:
+    """One line per model variant: the stages' bars drawn over each other from the left, each as long as its
+    share of the requested items (a stage is a subset of the one before, so each bar ends inside the one under
+    it), darker for later stages; the last stage's count and share are written after the bars. A variant
+    without a funnel gets a dashed outline and its note; a stage that is n/a is not drawn.
+
+    Args:
+        bars: The variants, top to bottom; ``counts`` in the order of ``stages``.
+        stages: The stage names (the legend), first one the requested items.
+        title: Plot title.
+        description: Tooltip of the title.
+        plot_width: Width of the bar area in pixels (100% of the requested items).
+    """
+    size, slot, thickness = 11.0, 20, 12
+    colors = STAGE_COLORS[: len(stages)]
+
+    def last(bar: FunnelBar) -> str:
+        known = [(k, c) for k, c in enumerate(bar.counts) if c is not None]
+        if not bar.counts or not known or not bar.counts[0]:
+            return bar.note or "n/a"
+        k, c = known[-1]
+        na = f" ({stages[k + 1]} n/a)" if k < len(bar.counts) - 1 else ""
+        return f"{_count(c)} {stages[k]}, {100 * c / bar.counts[0]:.1f}%{na}"
+
+    ends = [last(b) for b in bars]
+    label_w = max((text_width(b.label, size) for b in bars), default=0.0)
+    end_w = max((text_width(e, size) for e in ends), default=0.0)
+    left, pw = int(math.ceil(label_w + 16)), plot_width
+    legend = [(name, text_width(name, size)) for name in stages]
+    legend_w = sum(w + 26 for _, w in legend)
+    title_w = text_width(title, 13, bold=True)
+    width = int(math.ceil(max(left + pw + 10 + end_w + 10, legend_w + 20, title_w + 20)))
+    top = 48
+    height = top + slot * max(len(bars), 1) + 26
+    out = [
+        f'<svg class="plot funnel" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}">',
+        f"<title>{escape(description or title)}</title>",
+        f'<text x="10" y="18" font-size="13" font-weight="600" style="{_FONT}">{escape(title)}</text>',
+        f'<g class="legend" font-size="{size:g}" style="{_FONT}">',
+    ]
+    x = 10.0
+    for (name, w), color in zip(legend, colors, strict=True):
+        out.append(f'<rect x="{_f(x)}" y="28" width="12" height="10" fill="{color}" stroke="#999" '
+                   f'stroke-width="0.5"/><text x="{_f(x + 16)}" y="37">{escape(name)}</text>')
+        x += w + 26
+    out.append(f'</g><g font-size="11" style="{_FONT}" fill="#555">')
+    ph = slot * max(len(bars), 1)
+    for q in (0, 0.25, 0.5, 0.75, 1.0):
+        xx = left + q * pw
+        out.append(f'<line x1="{_f(xx)}" y1="{top}" x2="{_f(xx)}" y2="{top + ph}" stroke="#e5e5e5"/>'
+                   f'<text x="{_f(xx)}" y="{top + ph + 15}" text-anchor="middle">{100 * q:g}%</text>')
+    out.append("</g>")
+    for i, (bar, end) in enumerate(zip(bars, ends, strict=True)):
+        cy = top + slot * (i + 0.5)
+        y0 = cy - thickness / 2
+        tip = escape(bar.title or f"{bar.label}: {end}")
+        part = [f'<g class="funnel-row" data-family="{escape(bar.family)}"><title>{tip}</title>']
+        requested = bar.counts[0] if bar.counts else None
+        if not requested:
+            part.append(f'<rect class="funnel-none" x="{left}" y="{_f(y0)}" width="{pw}" '
+                        f'height="{thickness}" fill="none" stroke="#aaa" stroke-dasharray="3 3"/>')
+        else:
+            for k, (count, color) in enumerate(zip(bar.counts, colors, strict=False)):
+                if count is None:
+                    continue
+                w = max(pw * count / requested, 0.0)
+                part.append(f'<rect class="funnel-stage" data-stage="{escape(stages[k])}" data-n="{count!r}" '
+                            f'x="{left}" y="{_f(y0)}" width="{_f(w)}" height="{thickness}" fill="{color}"/>')
+            part.append(f'<rect x="{left}" y="{_f(y0)}" width="{pw}" height="{thickness}" fill="none" '
+                        'stroke="#bbb" stroke-width="0.6"/>')
+        baseline = cy - text_height(size) / 2 + ASCENT * size
+        part.append(f'<text class="funnel-label" x="{left - 8}" y="{_f(baseline)}" font-size="{size:g}" '
+                    f'text-anchor="end" fill="#222" style="{_FONT}">{escape(bar.label)}</text>')
+        shade = "#222" if requested else "#777"
+        part.append(f'<text class="funnel-end" x="{left + pw + 10}" y="{_f(baseline)}" font-size="{size:g}" '
+                    f'fill="{shade}" style="{_FONT}">{escape(end)}</text></g>')
         out.append("".join(part))
     out.append("</svg>")
     return "".join(out)

@@ -1,5 +1,9 @@
 """The board in a terminal: ``matgenbench leaderboard show [--dataset D] [--protocol P] [--sort METRIC]
-[--metrics M,...|all]``.
+[--metrics M,...|all] [--funnel]``.
+
+``--funnel`` prints the usability funnel instead of the metrics: per dataset and protocol, each row's mean
+count of requested, decoded, valid, unique, novel and plausible items over its seeds
+(:mod:`bench.leaderboard.funnel`).
 
 Readable from 80 columns up: by default only the headline metrics (:data:`SHOW_METRICS`) are shown, each row
 has a short distinct label (:func:`row_label`: the variant, which names the model and any sampler, e.g.
@@ -42,12 +46,21 @@ from bench.leaderboard.format import (
     fmt_value,
     truncate,
 )
-from bench.leaderboard.headline import SHOW_METRICS, dataset_title, row_label, row_labels, short_protocol
+from bench.leaderboard.funnel import STAGES as FUNNEL_STAGES
+from bench.leaderboard.funnel import fmt_count, funnel_rows
+from bench.leaderboard.headline import (
+    SHOW_METRICS,
+    dataset_title,
+    protocol_order,
+    row_label,
+    row_labels,
+    short_protocol,
+)
 from bench.leaderboard.published import published_meta
 
 __all__ = [
-    "SHOW_METRICS", "board_tables", "row_label", "row_labels", "short_protocol", "show", "sort_keys",
-    "sorted_rows",
+    "SHOW_METRICS", "board_tables", "funnel_tables", "row_label", "row_labels", "short_protocol", "show",
+    "sort_keys", "sorted_rows",
 ]
 
 
@@ -311,6 +324,61 @@ def board_tables(
     return tables
 
 
+def funnel_tables(board: Board, dataset: str | None = None, protocol: str | None = None) -> list[Table]:
+    """Rich tables of the usability funnel: per dataset and protocol, each complete row's mean count per stage
+    over the seeds whose records carry a funnel (the share of requested items under it), ``n/a`` where a
+    record has none or a stage does not apply.
+
+    Raises:
+        ValueError: For a dataset or protocol not on the board (the message lists the valid ones).
+    """
+    datasets = board.datasets()
+    if dataset is not None:
+        if dataset not in datasets:
+            raise ValueError(f"no rows for dataset {dataset!r}; datasets on the board: {datasets}")
+        datasets = [dataset]
+    tables = []
+    for name in datasets:
+        rows = funnel_rows(board.own_rows(name))
+        if protocol is not None:
+            rows = [r for r in rows if _matches_protocol(r, protocol)]
+        by_protocol: dict[str, list[Row]] = {}
+        for row in rows:
+            by_protocol.setdefault(row.protocol_id, []).append(row)
+        for pid in protocol_order(rows):
+            group = by_protocol[pid]
+            table = _table(f"{dataset_title(name, group)} — {short_protocol(group[0])}: usability funnel")
+            table.add_column("model", no_wrap=True)
+            table.add_column("seeds", justify="right")
+            for stage in FUNNEL_STAGES:
+                table.add_column(stage, justify="right", no_wrap=True)
+            for row, label in zip(group, row_labels(group), strict=True):
+                f = row.funnel
+                if f is None:
+                    cells = [Text(NA, style="dim")] * len(FUNNEL_STAGES)
+                    seeds = Text(str(len(row.seeds)), style="dim")
+                else:
+                    cells = [Text(NA, style="dim") if s.mean is None else
+                             Text(fmt_count(s.mean)).append(f"\n{100 * (s.fraction or 0):.1f}%", style="dim")
+                             for s in f.stages]
+                    seeds = Text(str(f.n_seeds) if f.complete else f"{f.n_seeds}/{len(row.seeds)}")
+                table.add_row(Text(label), seeds, *cells, style="italic" if row.kind == "reference" else None)
+            notes = list(dict.fromkeys(f"plausible: {r.funnel.rule}" for r in group
+                                       if r.funnel is not None and r.funnel.rule))
+            notes += list(dict.fromkeys(f"plausible n/a: {r.funnel.stage('plausible').reason}" for r in group
+                                        if r.funnel is not None and r.funnel.stage("plausible").reason))
+            if any(r.funnel is None for r in group):
+                notes.append("n/a rows: their records were scored before the funnel "
+                              "(matgenbench rescore --funnel-from-tables adds it)")
+            if notes:
+                table.caption = "\n".join(notes)
+            tables.append(table)
+    if protocol is not None and not tables:
+        valid = sorted({short_protocol(r) for r in board.rows if r.kind != "published"})
+        raise ValueError(f"no rows for protocol {protocol!r}; protocols on the board: {valid}")
+    return tables
+
+
 def show(
     results_dir: str | Path,
     dataset: str | None = None,
@@ -319,6 +387,7 @@ def show(
     *,
     metrics: Sequence[str] | None = None,
     protocol: str | None = None,
+    funnel: bool = False,
 ) -> list[Table]:
     """Print the board of ``results_dir`` as rich tables, as detailed as the console's width allows.
 
@@ -332,6 +401,7 @@ def show(
         metrics: Show these metric columns; None: the headline metrics (:data:`SHOW_METRICS`) present on
             the board; ``["all"]``: every metric.
         protocol: Only rows of this split protocol (id, short id or experiment name).
+        funnel: Print the usability funnel tables (:func:`funnel_tables`) instead of the metrics.
 
     Returns:
         The printed tables.
@@ -341,6 +411,13 @@ def show(
     """
     board = collect(results_dir)
     console = console or Console()
+    if funnel:
+        tables = funnel_tables(board, dataset, protocol)
+        for table in tables:
+            console.print(table)
+        if not tables:
+            console.print(f"No complete rows under {results_dir}: no funnel to show.", style="yellow")
+        return tables
     chosen: list[str] | None
     if metrics is None:  # the headline metrics of the rows shown (a crystal or a composition dataset's)
         present = set(metric_columns([r for r in board.rows if dataset in (None, r.dataset)]))

@@ -105,12 +105,15 @@ class MetricReport:
         per_sample: One row per generated item (validity flags and reasons, formula, density, uniqueness...).
         counts: ``n_generated``, ``n_constructed``, ``n_valid``, ...
         settings: The exact conventions used (resolved config, matcher parameters, package versions).
+        funnel: The usability funnel, requested → decoded → valid → unique → novel → plausible
+            (:mod:`bench.metrics.funnel`); None when not computed.
     """
 
     metrics: dict[str, dict[str, Any]]
     per_sample: pd.DataFrame
     counts: dict[str, int]
     settings: dict[str, Any]
+    funnel: dict[str, Any] | None = None
 
     def values(self) -> dict[str, float]:
         """name -> headline value."""
@@ -119,6 +122,8 @@ class MetricReport:
     def to_dict(self, include_per_sample: bool = False) -> dict[str, Any]:
         """JSON-friendly view for a result record (per-sample rows only when asked)."""
         out: dict[str, Any] = {"metrics": self.metrics, "counts": self.counts, "settings": self.settings}
+        if self.funnel is not None:
+            out["funnel"] = self.funnel
         if include_per_sample:
             out["per_sample"] = (
                 self.per_sample.astype(object).where(self.per_sample.notna(), None).to_dict(orient="records")

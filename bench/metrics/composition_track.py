@@ -757,6 +757,7 @@ def evaluate_compositions(
     gen = GeneratedCompositions.wrap(items)
     entries: dict[str, dict[str, Any]] = {}
     results: dict[str, MetricResult] = {}
+    prepared_of: dict[str, Any] = {}  # the funnel's plausible screen reuses comp_wdist_prop's predictor
     for name in names:
         metric = COMPOSITION_METRICS[name](settings)
         shash = settings_hash({"version": metric.version, **metric.settings_key()})
@@ -767,6 +768,7 @@ def evaluate_compositions(
         t0 = time.perf_counter()
         prepared, hit = cached(path, lambda m=metric: m.prepare(reference))
         prepare_seconds = time.perf_counter() - t0
+        prepared_of[name] = prepared
         t0 = time.perf_counter()
         result = metric(gen, prepared)
         seconds = time.perf_counter() - t0
@@ -802,6 +804,7 @@ def evaluate_compositions(
             frame[column_names.get(name, name)] = result.per_sample
         for col, values in result.extra.get("per_sample_columns", {}).items():
             frame[col] = values
+    funnel, frame["funnel_stage"] = _funnel(gen, frame, reference, settings, prepared_of, entries)
     counts = {
         "n_generated": len(gen),
         "n_readable": len(gen.readable),
@@ -816,7 +819,53 @@ def evaluate_compositions(
                       "target": reference.target},
         "versions": {**package_versions(), **magpie_versions()},
     }
-    return MetricReport(metrics=entries, per_sample=frame, counts=counts, settings=_jsonable(report_settings))
+    return MetricReport(metrics=entries, per_sample=frame, counts=counts, settings=_jsonable(report_settings),
+                        funnel=_jsonable(funnel))
+
+
+def _funnel(
+    gen: GeneratedCompositions, frame: pd.DataFrame, reference: CompositionReference,
+    settings: CompositionMetricSettings, prepared: Mapping[str, Any],
+    entries: Mapping[str, Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[str]]:
+    """The usability funnel of the composition track (:mod:`bench.metrics.funnel`) from the per-sample table,
+    and the last stage each item reaches. The plausible screen is ``comp_wdist_prop``'s predictor and the
+    central 99% of the training targets; formulas that reach ``novel`` outside the distribution draw are
+    predicted by the same model."""
+    from bench.metrics.funnel import SCREENED_COLUMN, PlausibleScreen, funnel_from_table
+
+    reasons: dict[str, str] = {}
+    valid_entry = entries.get("comp_smact_valid") or {}
+    if valid_entry.get("reason") and "smact_valid" not in frame.columns:
+        reasons["valid"] = str(valid_entry["reason"])
+    model_side = prepared.get("comp_wdist_prop")
+    screen, why = None, None
+    if model_side is None:
+        why = "comp_wdist_prop, whose predictor the screen uses, was not computed"
+    elif "reason" in model_side:
+        why = f"no predictor: {model_side['reason']}"
+    else:
+        try:
+            screen = PlausibleScreen.from_training(
+                reference.target or "target", np.asarray(reference.train_targets, dtype=float),
+                CompWDistProp(settings).model_description())
+        except (TypeError, ValueError) as err:
+            why = str(err)
+    if screen is None:
+        return funnel_from_table(frame, "composition", screen=None, screen_reason=why, reasons=reasons)
+    predicted = (frame["predicted_target"].to_numpy(dtype=float) if "predicted_target" in frame.columns
+                 else np.full(len(frame), np.nan))
+    _, last = funnel_from_table(frame, "composition", screen=None, reasons=reasons)
+    todo = np.array([i for i, stage in enumerate(last) if stage == "novel" and not np.isfinite(predicted[i])],
+                    dtype=np.int64)
+    if len(todo):
+        predicted = predicted.copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            predicted[todo] = model_side["model"].predict(gen.features(todo))
+    reached = np.array([stage in ("novel", "plausible") for stage in last], dtype=bool)
+    frame[SCREENED_COLUMN] = np.where(reached, predicted, np.nan)
+    return funnel_from_table(frame, "composition", screen=screen, predicted=predicted, reasons=reasons)
 
 
 def reference_rows(

@@ -20,6 +20,7 @@ from bench.applicability import COMPOSITION_METRICS, NOT_APPLICABLE, not_applica
 from bench.metrics.base import Metric, MetricReport, MetricResult, ReferenceSet
 from bench.metrics.cache import cache_path, cached
 from bench.metrics.conditional import CondHitRate, ConditionTargets
+from bench.metrics.funnel import SCREENED_COLUMN, PlausibleScreen, funnel_from_table, predicted_column
 from bench.metrics.generated import GeneratedSet
 from bench.metrics.matching import build_matcher, matcher_params
 from bench.metrics.registry import build_metric
@@ -191,6 +192,7 @@ def run_metrics(
     validity_seconds = time.perf_counter() - t0
 
     prepared_by_key: dict[tuple[str, str], Any] = {}
+    prepared_of: dict[str, Any] = {}  # metric name -> its reference side (the funnel reuses wdist_prop's)
     results: dict[str, MetricResult] = {}
     entries: dict[str, dict[str, Any]] = {}
     # composition metrics do not apply to single-element reference data (bench.applicability)
@@ -223,6 +225,7 @@ def run_metrics(
             prepared_by_key[key], hit = cached(path, lambda m=metric: m.prepare(reference))
             prepare_seconds = time.perf_counter() - t0
             cache_state = "off" if path is None else ("hit" if hit else "miss")
+        prepared_of[metric.name] = prepared_by_key[key]
         t0 = time.perf_counter()
         result = metric(gset, prepared_by_key[key])
         seconds = time.perf_counter() - t0
@@ -246,6 +249,8 @@ def run_metrics(
 
     sample = gset.distribution_sample(settings.distribution)
     per_sample = _per_sample_frame(gset, results, sample)
+    funnel, per_sample["funnel_stage"] = _funnel(gset, per_sample, reference, settings,
+                                                 prepared_of.get("wdist_prop"))
     counts: dict[str, int] = {
         "n_generated": len(records),
         "n_none": sum(item is None for item in gset),
@@ -275,5 +280,51 @@ def run_metrics(
     if condition is not None:
         report_settings["condition"] = condition.settings()
     return MetricReport(
-        metrics=entries, per_sample=per_sample, counts=counts, settings=_jsonable(report_settings)
+        metrics=entries, per_sample=per_sample, counts=counts, settings=_jsonable(report_settings),
+        funnel=_jsonable(funnel),
     )
+
+
+def _plausible_screen(
+    reference: ReferenceSet, settings: MetricSettings, prepared: Any
+) -> tuple[PlausibleScreen | None, str | None]:
+    """The plausible screen of the crystal track: the property model ``wdist_prop`` fitted on the training
+    split, and the central 99% of the training split's values of ``settings.property``; or None and why."""
+    prop = settings.property
+    if not prop:
+        return None, "no property named for the dataset (dataset.property)"
+    if prepared is None:
+        return None, "wdist_prop, whose property model the screen uses, was not computed (metrics=full)"
+    if "reason" in prepared:
+        return None, f"no property model: {prepared['reason']}"
+    values = ((reference.properties or {}).get("train") or {}).get(prop)
+    try:
+        return PlausibleScreen.from_training(prop, values, prepared["model"].description), None
+    except (TypeError, ValueError) as err:
+        return None, str(err)
+
+
+def _funnel(
+    gset: GeneratedSet, frame: pd.DataFrame, reference: ReferenceSet, settings: MetricSettings,
+    prepared: Any,
+) -> tuple[dict[str, Any], list[str]]:
+    """The usability funnel of the run (:mod:`bench.metrics.funnel`) from its per-sample table, and the last
+    stage each item reaches. Items that reach ``novel`` outside the distribution draw (which alone has
+    ``predicted_<property>``) are predicted by the same property model."""
+    screen, reason = _plausible_screen(reference, settings, prepared)
+    if screen is None:
+        return funnel_from_table(frame, "crystal", screen=None, screen_reason=reason)
+    column = predicted_column("crystal", screen.property)
+    predicted = (frame[column].to_numpy(dtype=float) if column in frame.columns
+                 else np.full(len(frame), np.nan))
+    _, last = funnel_from_table(frame, "crystal", screen=None)
+    todo = np.array([i for i, stage in enumerate(last) if stage == "novel" and not np.isfinite(predicted[i])],
+                    dtype=np.int64)
+    if len(todo):
+        from bench.metrics.property import predict_generated
+
+        predicted = predicted.copy()
+        predicted[todo] = predict_generated(gset, todo, prepared["model"])
+    reached = np.array([stage in ("novel", "plausible") for stage in last], dtype=bool)
+    frame[SCREENED_COLUMN] = np.where(reached, predicted, np.nan)
+    return funnel_from_table(frame, "crystal", screen=screen, predicted=predicted)
