@@ -266,7 +266,7 @@ def check_sweep_data(argv: Sequence[str]) -> str | None:
             continue
         ds = cfg.dataset
         splits = {OmegaConf.select(ds, key) for key in ("train_split", "eval_split")}
-        if OmegaConf.select(ds, "track", default=None) == _COMPOSITION:  # one file holds every split
+        if OmegaConf.select(ds, "track", default=None) in (_COMPOSITION, "tabular"):  # one file: every split
             splits = {_COMPOSITION}
         where = (as_path(OmegaConf.select(cfg, "paths.data_dir", default=None)), cache_dir(cfg),
                  bool(OmegaConf.select(cfg, "paths.download", default=True)))

@@ -1,4 +1,4 @@
-"""The benchmark's two tracks, crystals and compositions, and the stage code each one uses.
+"""The benchmark's tracks, crystals, compositions and tables, and the stage code each one uses.
 
 A dataset config with ``track: composition`` is a composition dataset (``conf/dataset/mp_e_form.yaml``:
 formulas, a seeded split, the composition metrics); one without a ``track`` key is a crystal dataset. A model
@@ -7,6 +7,11 @@ one pipeline for both, and look up the few steps that differ in :data:`TRACKS`, 
 the training data are loaded and encoded, how samples are written and read, how they are scored into a result
 record, how a reference row is drawn, and how the split protocol is named. The entries are import paths, so
 this module imports neither torch nor the data code.
+
+The tabular track (``track: tabular``, set on a composition dataset by a tabular experiment such as
+``experiment=steels_yield_augment``) reads the dataset as a table under a repeated K-fold and fits its
+generator once per fold, so it runs as one stage (:attr:`Track.run`, :mod:`bench.tabular_stages`); its
+train, sample and evaluate steps refuse in one line.
 
 A model of one track on a dataset of the other is refused in one line (:func:`check_track`), before any
 data is read.
@@ -24,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = [
     "COMPOSITION",
     "CRYSTAL",
+    "TABULAR",
     "TRACKS",
     "Track",
     "TrackMismatchError",
@@ -36,6 +42,7 @@ __all__ = [
 
 CRYSTAL = "crystal"
 COMPOSITION = "composition"
+TABULAR = "tabular"
 
 
 class TrackMismatchError(ValueError):
@@ -97,6 +104,8 @@ class Track:
         reference: ``(cfg) -> (record, path)``: score the reference row ``cfg.reference``.
         split_protocol: ``(dataset node) -> dict``: the split protocol's ``label`` and ``id``, ``official``
             and what else the record's ``split`` says about it.
+        run: ``(cfg) -> (record, path)``: the whole run in one stage, for a track whose generator is fitted
+            inside its protocol (the tabular track's per fold); None: ``run`` is train, sample, evaluate.
     """
 
     name: str
@@ -108,6 +117,7 @@ class Track:
     score: Callable[..., Any]
     reference: Callable[..., Any]
     split_protocol: Callable[..., dict[str, Any]]
+    run: Callable[..., Any] | None = None
 
 
 TRACKS: dict[str, Track] = {
@@ -132,6 +142,18 @@ TRACKS: dict[str, Track] = {
         score=_Step("bench.composition_stages:score"),
         reference=_Step("bench.composition_stages:score_reference"),
         split_protocol=_Step("bench.composition_stages:split_protocol"),
+    ),
+    TABULAR: Track(
+        name=TABULAR,
+        item="table row",
+        examples=("experiment=steels_yield_augment", "model=ctgan"),
+        training_data=_Step("bench.tabular_stages:not_a_stage"),
+        write_samples=_Step("bench.tabular_stages:not_a_stage"),
+        read_samples=_Step("bench.tabular_stages:not_a_stage"),
+        score=_Step("bench.tabular_stages:not_a_stage"),
+        reference=_Step("bench.tabular_stages:score_reference"),
+        split_protocol=_Step("bench.tabular_stages:split_protocol"),
+        run=_Step("bench.tabular_stages:run"),
     ),
 }
 """Track name -> its steps."""

@@ -28,6 +28,11 @@ def test_experiment_composes(name: str) -> None:
         assert list(cfg.dataset.fractions) == [0.8, 0.1, 0.1]
         assert cfg.sample.num_samples == cfg.metrics.distribution.max_samples == 1000
         return
+    if cfg.dataset.get("track") == "tabular":  # the pinned repeated K-fold and the fixed regressor
+        assert dict(cfg.dataset.folds) == {"n_splits": 5, "n_repeats": 3, "seed": 0}
+        assert cfg.dataset.limit_folds is None and list(cfg.tabular.ratios) == [0.5, 1, 2, 4, 8]
+        assert cfg.tabular.regressor.random_state == 0
+        return
     assert "cov_recall" in cfg.metrics.names
     if name.endswith("_official"):
         assert cfg.dataset.train_split == "train" and cfg.sample.num_samples == 10_000
