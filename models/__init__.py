@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from bench.models.base import GenerativeModule
 
 __all__ = [
+    "CTGAN",
     "MODELS",
     "MODEL_CLASSES",
     "CompositionD3PM",
@@ -62,6 +63,7 @@ __all__ = [
     "MatGAN",
     "NonFiniteLossError",
     "PeriodicMPNN",
+    "TVAE",
     "UnknownModelError",
     "get_model_class",
     "model_names",
@@ -100,6 +102,8 @@ MODEL_CLASSES: dict[str, str] = {
     "CompositionRealNVP": "bench.models.composition.realnvp:CompositionRealNVP",
     "MatGAN": "bench.models.composition.matgan:MatGAN",
     "CompositionVAE": "bench.models.composition.vae:CompositionVAE",
+    "CTGAN": "bench.models.tabular.ctgan:CTGAN",
+    "TVAE": "bench.models.tabular.tvae:TVAE",
 }
 """Model class name -> ``"module:Class"`` (the module that defines it)."""
 

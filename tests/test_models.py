@@ -2,8 +2,9 @@
 
 Each model is built from the real Hydra config (``conf/config.yaml`` with ``model=<name>``), shrunk to tiny
 widths, and trained with a real Lightning ``Trainer`` on its track's tiny data set encoded by the real
-representation: the project's tiny structures and the crystal codec, or (a config with ``track: composition``)
-a few dozen formulas and the composition count matrix.
+representation: the project's tiny structures and the crystal codec, (a config with ``track: composition``)
+a few dozen formulas and the composition count matrix, or (``track: tabular``) a 40-row table of element
+fractions and a target in mode-specific normalisation.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from bench.datasets.codec import CrystalCodec, DecodeFailure
 from bench.datasets.composition_representation import CompositionCounts
+from bench.datasets.tabular_representation import ModeSpecificNormalizer
 from bench.datasets.tiny import tiny_structures
 from bench.models import MODELS, CrystalTransformer, GenerativeModule, NonFiniteLossError
 from bench.models.diffusion.processes import VPGaussian
@@ -102,13 +105,25 @@ class TrackData:
     decoded_types: tuple[type, ...]
 
 
+def tiny_table(n: int = 40, seed: int = 0) -> np.ndarray:
+    """The tabular models' tiny data set: three element fractions (the third absent in about a third of the
+    rows) and a target that depends on the first."""
+    rng = np.random.default_rng(seed)
+    fractions = rng.dirichlet([3.0, 1.0, 0.5], size=n)
+    fractions[rng.random(n) < 0.3, 2] = 0.0
+    fractions /= fractions.sum(axis=1, keepdims=True)
+    return np.column_stack([fractions, 50.0 * fractions[:, 0] + rng.normal(size=n)])
+
+
 @pytest.fixture(scope="module")
 def tracks(codec: CrystalCodec, batch: dict[str, torch.Tensor]) -> dict[str, TrackData]:
     counts = CompositionCounts().fit(TINY_FORMULAS)
+    table = ModeSpecificNormalizer(max_modes=3, seed=0).fit(tiny_table())
     return {
         "crystal": TrackData(codec, batch, "lattice", assert_batch_format, (Structure, DecodeFailure)),
         "composition": TrackData(counts, counts.encode(TINY_FORMULAS), "counts", assert_counts_format,
                                  (str, DecodeFailure)),
+        "tabular": TrackData(table, table.encode(tiny_table()), "rows", assert_rows_format, (np.ndarray,)),
     }
 
 
@@ -161,6 +176,19 @@ def assert_counts_format(out: dict[str, torch.Tensor], n: int, representation: C
     assert counts.shape == (n, sizes["num_elements"], sizes["num_levels"])
     assert counts.dtype == torch.float32 and torch.all(torch.isfinite(counts)) and torch.all(counts >= 0)
     torch.testing.assert_close(counts.sum(-1), torch.ones(n, sizes["num_elements"]))
+
+
+def assert_rows_format(out: dict[str, torch.Tensor], n: int, representation: ModeSpecificNormalizer) -> None:
+    """A table sample: ``rows`` ``[n, D]`` float32, each column's scalar in ``[-1, 1]``, its mode span
+    one-hot."""
+    rows = out["rows"]
+    assert rows.shape == (n, representation.encoded_width) and rows.dtype == torch.float32
+    offset = 0
+    for k in representation.modes:
+        assert torch.all(rows[:, offset].abs() <= 1.0)
+        span = rows[:, offset + 1: offset + 1 + k]
+        assert torch.all((span == 0) | (span == 1)) and torch.all(span.sum(dim=1) == 1)
+        offset += 1 + k
 
 
 def test_registry_matches_configs() -> None:
