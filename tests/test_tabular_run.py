@@ -91,3 +91,15 @@ def test_an_unknown_reference_row_and_a_model_of_another_track_are_refused() -> 
         score_reference(compose(["experiment=steels_yield_augment", "reference=test"]))
     with pytest.raises(TrackMismatchError, match="model comp_vae is a composition model"):
         check_track(compose(["experiment=steels_yield_augment", "model=comp_vae"]))
+
+
+def test_train_alone_is_refused_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import main
+
+    where = [f"paths.output_dir={tmp_path / 'out'}", f"paths.results_dir={tmp_path / 'results'}",
+             "logger=none", "record.regenerate_board=false"]
+    assert main(["train", "experiment=steels_yield_augment", "model=ctgan", *where]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert "TrackMismatchError: the tabular track fits its generator once per fold" in lines[0]
+    assert not (tmp_path / "results").exists()
