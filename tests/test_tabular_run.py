@@ -103,3 +103,13 @@ def test_train_alone_is_refused_in_one_line(tmp_path: Path, capsys: pytest.Captu
     assert len(lines) == 1
     assert "TrackMismatchError: the tabular track fits its generator once per fold" in lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_a_tabular_sweep_checks_its_one_composition_file_first(tmp_path: Path) -> None:
+    from bench.overrides import check_sweep_data
+
+    missing = check_sweep_data([
+        "-m", "experiment=steels_yield_augment", "reference=smoter,copy", f"paths.data_dir={tmp_path}",
+        "paths.download=false", f"paths.cache_dir={tmp_path / 'cache'}",
+    ])
+    assert missing is not None and "needs matbench_compositions/steels_yield.csv (every cell)" in missing
