@@ -305,6 +305,8 @@ def evaluate(cfg: DictConfig, extra_cost: dict[str, Any] | None = None) -> tuple
     }
     if meta.get("sampler_prepare_seconds") is not None:  # a sampler's one-off estimate on the training data
         cost["sampler_prepare_seconds"] = meta["sampler_prepare_seconds"]
+    if meta.get("sampler_report"):  # what that preparation fitted or trained, and on what data
+        cost["sampler_fit"] = meta["sampler_report"]
     if train_summary.get("stages"):  # a model trained in stages: each stage's steps, seconds and loss
         cost["train_stages"] = [
             {k: st.get(k) for k in ("name", "steps", "max_steps", "seconds", "loss_first", "loss_last",

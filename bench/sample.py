@@ -118,6 +118,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
     }
     if prepare_seconds is not None:  # the one-off estimate on the training data, not in sample_seconds
         summary["sampler_prepare_seconds"] = prepare_seconds
+        report = getattr(module.sampler, "report", None)
+        if isinstance(report, dict) and report:  # what a sampler fitted or trained, and on what
+            summary["sampler_report"] = report
     if callable(getattr(codec, "decode_settings", None)):  # the thresholds that made failures failures
         summary["decode"] = codec.decode_settings()
     if plan is not None:  # what each block of samples was asked for; a variant of its own on the board
