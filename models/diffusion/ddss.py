@@ -44,10 +44,9 @@ axis and harmonic, averaged over ordered pairs of filled sites). The three group
 the training rows so that each carries the same total variance. The reference rows are the run's training
 split (what ``prepare`` is given), never the split the board scores on.
 
-Left out: the paper's Inception features and image datasets; its larger batches and longer optimisation (here
-a few hundred steps on a CPU); any constraint tying the learned coefficients to the forward process's
-marginals (GGDM's forward family has them; DDSS, as here, treats the sampler's coefficients as free
-parameters).
+Left out: the paper's Inception features, image datasets and optimisation budget (here 300 Adam steps of 64
+chains on a CPU); any constraint tying the learned coefficients to the marginals of a forward process (GGDM's
+forward family has them; DDSS, as here, treats the sampler's coefficients as free parameters).
 """
 
 from __future__ import annotations
